@@ -1,0 +1,419 @@
+"""Relaxation benchmark report: per-structure CSV, Markdown summary and PNG plots.
+
+The input is a list of row dicts, one per (method, input structure), with the keys of
+:data:`ROW_FIELDS` (missing ones are left empty).  A structure a method failed on has
+``rmsd = ratio = inf`` and ``failure = True``: it is counted, never dropped, so medians and
+quartiles may be ``inf``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+#: columns of ``results.csv``, in order (extra scalar keys are appended after them)
+ROW_FIELDS = (
+    "method", "kind", "mol_id", "index", "n_atoms",
+    "rmsd_in", "rmsd", "rmsd_heavy_in", "rmsd_heavy", "ratio", "failure",
+    "converged", "steps", "seconds", "threads", "error",
+    "t0", "t_final", "dE_dft", "dE_xtb",
+)  # fmt: skip
+#: a relaxation is within chemical accuracy when |ΔE| <= this (kcal/mol)
+CHEMICAL_ACCURACY = 1.0
+_BIG = 1e300  # stands in for inf inside quantile interpolation
+
+
+def _floats(rows, key) -> np.ndarray:
+    out = []
+    for r in rows:
+        v = r.get(key)
+        out.append(np.nan if v is None or v == "" else float(v))
+    return np.asarray(out, dtype=np.float64)
+
+
+def quantiles(values, qs=(0.25, 0.5, 0.75)) -> list[float]:
+    """Quantiles that treat ``inf`` (failed structures) as larger than everything; NaN ignored."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    if not len(v):
+        return [math.nan] * len(qs)
+    q = np.quantile(np.minimum(v, _BIG), qs)
+    return [math.inf if x >= _BIG / 10 else float(x) for x in q]
+
+
+def summarize(rows: list[dict], timings: dict | None = None) -> list[dict]:
+    """Aggregate rows per (method, kind).
+
+    Args:
+        rows: per-structure rows (see :data:`ROW_FIELDS`).
+        timings: optional ``{(method, kind): {"seconds": wall time of the whole batch,
+            "threads": int}}``; without it the rows' ``seconds`` are summed.
+    Returns:
+        one dict per (method, kind), in first-seen order: n, n_error, rmsd_in median, rmsd and
+        rmsd_heavy median/q1/q3, ratio median, failure %, converged %, mean steps, seconds per
+        structure, structures per second, threads, and ΔE statistics where present.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["kind"])].append(r)
+    timings = timings or {}
+    out = []
+    for (method, kind), g in groups.items():
+        n = len(g)
+        ratio = _floats(g, "ratio")
+        s = {"method": method, "kind": kind, "n": n, "n_error": sum(1 for r in g if r.get("error"))}
+        s["rmsd_in_median"] = quantiles(_floats(g, "rmsd_in"), [0.5])[0]
+        for key in ("rmsd", "rmsd_heavy"):
+            s[f"{key}_q1"], s[f"{key}_median"], s[f"{key}_q3"] = quantiles(_floats(g, key))
+        s["ratio_median"] = quantiles(ratio, [0.5])[0]
+        s["failure_pct"] = 100.0 * sum(bool(r.get("failure")) for r in g) / n
+        s["converged_pct"] = 100.0 * sum(bool(r.get("converged")) for r in g) / n
+        steps = _floats(g, "steps")
+        s["steps_mean"] = float(np.nanmean(steps)) if np.isfinite(steps).any() else math.nan
+        t = timings.get((method, kind), {})
+        total = float(t["seconds"]) if "seconds" in t else float(np.nansum(_floats(g, "seconds")))
+        s["seconds_total"] = total
+        s["s_per_structure"] = total / n
+        s["structures_per_s"] = n / total if total > 0 else math.inf
+        threads = t.get("threads") or sorted({int(r["threads"]) for r in g if r.get("threads") not in (None, "")})
+        s["threads"] = threads if isinstance(threads, int) else "/".join(map(str, threads))
+        for e in ("dE_dft", "dE_xtb"):
+            d = _floats(g, e)
+            has = [r for r in g if r.get(e) not in (None, "")]
+            if has:
+                finite = d[np.isfinite(d)]
+                s[f"{e}_n"] = len(has)
+                s[f"{e}_median"] = quantiles(d, [0.5])[0]
+                # a failed structure (ΔE inf or NaN) is not within chemical accuracy
+                s[f"{e}_within_1_pct"] = 100.0 * float((np.abs(finite) <= CHEMICAL_ACCURACY).sum()) / len(has)
+        out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else repr(float(v))
+    return str(v)
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    """One line per row; list-valued keys (trajectories) are left out."""
+    extra = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in ROW_FIELDS and k not in extra and not isinstance(v, (list, tuple, np.ndarray)):
+                extra.append(k)
+    cols = list(ROW_FIELDS) + extra
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in cols])
+    return path
+
+
+def read_csv(path) -> list[dict]:
+    """Rows back from :func:`write_csv` (numbers as float, booleans as bool, empty as None)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                if v == "":
+                    row[k] = None
+                elif v in ("True", "False"):
+                    row[k] = v == "True"
+                else:
+                    try:
+                        row[k] = float(v)
+                    except ValueError:
+                        row[k] = v
+            out.append(row)
+    return out
+
+
+def _f(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _g(v) -> str:
+    """Speeds span 1e-2..1e4: 3 significant figures."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return _f(v)
+    return f"{v:.3g}"
+
+
+def summary_markdown(summary: list[dict], meta: dict | None = None, skipped: dict | None = None,
+                     missing_inputs: dict | None = None) -> str:
+    """The Markdown report: settings, the metrics table, energies, skipped methods."""
+    lines = ["# Relaxation benchmark", ""]
+    if meta:
+        lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
+    lines += [
+        "RMSD after Kabsch alignment to the reference (Å), median [first–third quartile]; ratio = "
+        "RMSD(result) / RMSD(input); a failure is a ratio > 1, and a structure a method raised an "
+        "error on counts as a failure (ratio inf). Time is wall time of the whole batch in this run.",
+        "",
+        "| method | kind | n | errors | RMSD in | RMSD | RMSD heavy | median ratio | failure % | "
+        "converged % | mean steps | s/structure | structures/s | threads |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['method']} | {s['kind']} | {s['n']} | {s['n_error']} | {_f(s['rmsd_in_median'])} | "
+            f"{_f(s['rmsd_median'])} [{_f(s['rmsd_q1'])}–{_f(s['rmsd_q3'])}] | "
+            f"{_f(s['rmsd_heavy_median'])} [{_f(s['rmsd_heavy_q1'])}–{_f(s['rmsd_heavy_q3'])}] | "
+            f"{_f(s['ratio_median'])} | {_f(s['failure_pct'], 1)} | {_f(s['converged_pct'], 1)} | "
+            f"{_f(s['steps_mean'], 1)} | {_g(s['s_per_structure'])} | {_g(s['structures_per_s'])} | "
+            f"{s['threads']} |"
+        )
+    for e, title in (("dE_dft", "DFT (B3LYP/6-31G(2df,p), PySCF)"), ("dE_xtb", "GFN2-xTB")):
+        rows = [s for s in summary if f"{e}_n" in s]
+        if rows:
+            lines += ["", f"## ΔE = E(result) − E(reference), {title}, kcal/mol", "",
+                      "| method | kind | n | median ΔE | % within 1 kcal/mol |", "|---|---|---:|---:|---:|"]
+            lines += [f"| {s['method']} | {s['kind']} | {s[f'{e}_n']} | {_f(s[f'{e}_median'], 2)} | "
+                      f"{_f(s[f'{e}_within_1_pct'], 1)} |" for s in rows]
+    if missing_inputs:
+        lines += ["", "## Inputs that could not be generated (not relaxed)", ""]
+        lines += [f"- {k}: {len(v)} ({'; '.join(v[:3])}{' …' if len(v) > 3 else ''})" for k, v in missing_inputs.items()]
+    if skipped:
+        lines += ["", "## Skipped methods", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _order(rows, key):
+    seen = []
+    for r in rows:
+        if r[key] not in seen:
+            seen.append(r[key])
+    return seen
+
+
+def _colors(names):
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(names)}
+
+
+def plot_ratio_boxes(rows: list[dict], path, clip=(1e-3, 1e2)) -> Path | None:
+    """RMSD-ratio box plots, one panel per input kind, one box per method (paper Fig. 4)."""
+    rows = [r for r in rows if r.get("ratio") is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    methods, kinds = _order(rows, "method"), _order(rows, "kind")
+    colors = _colors(methods)
+    ncol = min(3, len(kinds))
+    nrow = math.ceil(len(kinds) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.2 + 0.62 * len(methods) * ncol + 0.6 * ncol, 3.6 * nrow),
+                             sharey=True, squeeze=False)
+    lo, hi = clip
+    for ax, kind in zip(axes.flat, kinds):
+        data, names = [], []
+        for m in methods:
+            v = np.array([float(r["ratio"]) for r in rows if r["method"] == m and r["kind"] == kind])
+            if len(v):
+                data.append(np.clip(np.nan_to_num(v, nan=hi, posinf=hi), lo, hi))
+                names.append(m)
+        if not data:
+            ax.set_visible(False)
+            continue
+        bp = ax.boxplot(data, widths=0.6, patch_artist=True, showfliers=True,
+                        flierprops=dict(marker=".", markersize=3, alpha=0.5),
+                        medianprops=dict(color="black"))
+        for patch, m in zip(bp["boxes"], names):
+            patch.set_facecolor(colors[m])
+            patch.set_alpha(0.75)
+        ax.axhline(1.0, color="crimson", lw=1, ls="--")
+        for i, (v, m) in enumerate(zip(data, names), start=1):
+            fail = 100.0 * np.mean(v > 1.0)
+            ax.text(i, hi * 1.6, f"{fail:.0f}%", ha="center", va="bottom", fontsize=7, color="crimson")
+        ax.set_yscale("log")
+        ax.set_ylim(lo * 0.7, hi * 6)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(kind, fontsize=10, pad=14)
+        ax.grid(axis="y", which="major", alpha=0.3)
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RMSD ratio (result / input)")
+    fig.suptitle(f"RMSD ratio; dashed: ratio 1, red %: failures (ratio > 1); errors drawn at {hi:g}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_rmsd_scatter(rows: list[dict], path, clip=(1e-3, 10.0)) -> Path | None:
+    """RMSD before vs after relaxation, one panel per method, colour by kind (log-log)."""
+    rows = [r for r in rows if r.get("rmsd_in") is not None and r.get("rmsd") is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    methods, kinds = _order(rows, "method"), _order(rows, "kind")
+    colors = _colors(kinds)
+    ncol = min(3, len(methods))
+    nrow = math.ceil(len(methods) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.4 * nrow), sharex=True, sharey=True, squeeze=False)
+    lo, hi = clip
+    for ax, m in zip(axes.flat, methods):
+        for kind in kinds:
+            g = [r for r in rows if r["method"] == m and r["kind"] == kind]
+            if not g:
+                continue
+            x = np.clip(_floats(g, "rmsd_in"), lo, hi)
+            y = np.nan_to_num(_floats(g, "rmsd"), nan=hi, posinf=hi)
+            bad = y >= hi
+            y = np.clip(y, lo, hi)
+            ax.scatter(x[~bad], y[~bad], s=8, alpha=0.6, color=colors[kind], label=kind)
+            if bad.any():
+                ax.scatter(x[bad], y[bad], s=18, marker="x", color=colors[kind])
+        ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi * 1.5)
+        ax.set_title(m, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("RMSD input (Å)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RMSD result (Å)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(kinds)), fontsize=8, markerscale=2,
+               frameon=False)
+    fig.suptitle("RMSD to the reference before vs after; below the diagonal = improved; x = error", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_trajectories(rows: list[dict], path, per_method: int = 6) -> Path | None:
+    """Predicted diffusion step vs iteration for a few relaxations per method (paper Fig. 3b)."""
+    rows = [r for r in rows if r.get("trajectory_t") is not None and len(r["trajectory_t"])]
+    if not rows:
+        return None
+    plt = _plt()
+    methods = _order(rows, "method")
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        g = [r for r in rows if r["method"] == m]
+        # spread the examples over the kinds: round-robin through them
+        by_kind = defaultdict(list)
+        for r in g:
+            by_kind[r["kind"]].append(r)
+        pick, k = [], 0
+        while len(pick) < per_method and any(by_kind.values()):
+            kinds = [kk for kk in by_kind if by_kind[kk]]
+            pick.append(by_kind[kinds[k % len(kinds)]].pop(0))
+            k += 1
+        for r in pick:
+            t = np.asarray(r["trajectory_t"], float)
+            ax.plot(np.arange(len(t)), t, lw=1.2, label=f"{r['kind']} #{r['mol_id']}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("predicted step t̂")
+        ax.set_title(m, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_energies(rows: list[dict], path, key: str = "dE_dft", clip=(-20.0, 60.0)) -> Path | None:
+    """ΔE (kcal/mol) box plots per method and kind; band = ±1 kcal/mol (paper Fig. 6)."""
+    rows = [r for r in rows if r.get(key) is not None]
+    if not rows:
+        return None
+    plt = _plt()
+    methods, kinds = _order(rows, "method"), _order(rows, "kind")
+    colors = _colors(kinds)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(methods) * len(kinds), 3.6))
+    pos, width = 0.0, 0.8 / max(1, len(kinds))
+    ticks = []
+    for i, m in enumerate(methods):
+        for j, kind in enumerate(kinds):
+            v = _floats([r for r in rows if r["method"] == m and r["kind"] == kind], key)
+            if len(v):
+                v = np.clip(np.nan_to_num(v, nan=clip[1], posinf=clip[1], neginf=clip[0]), *clip)
+                bp = ax.boxplot([v], positions=[i + j * width], widths=width * 0.9, patch_artist=True,
+                                medianprops=dict(color="black"), flierprops=dict(marker=".", markersize=3))
+                bp["boxes"][0].set_facecolor(colors[kind])
+        ticks.append(i + (len(kinds) - 1) * width / 2)
+    ax.axhspan(-CHEMICAL_ACCURACY, CHEMICAL_ACCURACY, color="green", alpha=0.15)
+    ax.set_xticks(ticks, methods)
+    ax.set_ylabel(f"{key} (kcal/mol)")
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in kinds], kinds, fontsize=7, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(rows: list[dict], out, meta: dict | None = None, timings: dict | None = None,
+                 skipped: dict | None = None, missing_inputs: dict | None = None) -> dict[str, Path]:
+    """Write ``results.csv``, ``summary.md``, ``summary.json`` and the PNG plots into ``out``.
+
+    Returns:
+        ``{name: path}`` of the files written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows, timings)
+    files = {"results.csv": write_csv(rows, out / "results.csv")}
+    md = summary_markdown(summary, meta, skipped, missing_inputs)
+    (out / "summary.md").write_text(md)
+    files["summary.md"] = out / "summary.md"
+    doc = {"meta": meta or {}, "summary": summary, "skipped": skipped or {}, "missing_inputs": missing_inputs or {}}
+    (out / "summary.json").write_text(json.dumps(doc, indent=1, default=str))
+    files["summary.json"] = out / "summary.json"
+    traj = [{"method": r["method"], "kind": r["kind"], "mol_id": r["mol_id"], "trajectory_t": list(map(int, r["trajectory_t"]))}
+            for r in rows if r.get("trajectory_t") is not None]
+    if traj:
+        (out / "trajectories.json").write_text(json.dumps(traj))
+        files["trajectories.json"] = out / "trajectories.json"
+    for name, fn in (("ratio_boxplot.png", plot_ratio_boxes), ("rmsd_before_after.png", plot_rmsd_scatter),
+                     ("trajectories.png", plot_trajectories)):
+        p = fn(rows, out / name)
+        if p is not None:
+            files[name] = p
+    for key in ("dE_dft", "dE_xtb"):
+        p = plot_energies(rows, out / f"energies_{key}.png", key)
+        if p is not None:
+            files[p.name] = p
+    return files

@@ -1,0 +1,589 @@
+"""Reading and writing the structures that users relax, score or train on.
+
+Formats are chosen by file extension:
+
+- ``.xyz`` / ``.extxyz``: extended XYZ (many frames, per-frame ``key=value`` metadata);
+- ``.db``: ASE database (key-value pairs become metadata);
+- ``.sdf`` / ``.mol``: RDKit, read without sanitisation so that unusual molecules still load;
+  a record RDKit cannot parse becomes a :class:`Record` with an ``error``;
+- anything else ASE can read (``.traj``, ``.pdb``, ``.cif``, ``.json``, ...) through ``ase.io``.
+
+Every structure becomes a :class:`Record`; per-structure metadata lives in ``record.atoms.info``.
+Positions are in Å throughout.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ase.db
+import ase.db.core
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.io.formats import filetype, ioformats, string2index
+from rdkit import Chem, rdBase
+from rdkit.Chem import rdDetermineBonds
+
+__all__ = [
+    "Record",
+    "StructureReadError",
+    "read_structures",
+    "validate",
+    "write_structures",
+    "write_errors",
+    "errors_path",
+    "atoms_from_mol",
+    "mol_from_atoms",
+    "mol_with_positions",
+    "write_trajectory",
+]
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class Record:
+    """One structure of an input file.
+
+    Attributes:
+        name: unique name within the file: the SDF title, ``atoms.info["name"]`` or
+            ``atoms.info["id"]``, else ``"<file name>:<index>"``; duplicates get ``":<index>"``.
+        index: position in the file (0-based), whatever ``index`` selection was read.
+        atoms: the structure (positions in Å) with its metadata in ``atoms.info``, or None when
+            the record could not be read.
+        mol: the RDKit molecule (bonds, properties) for SDF/MOL input, else None.
+        error: why the record cannot be used (unreadable, or set later by :func:`validate`).
+    """
+
+    name: str
+    index: int
+    atoms: Atoms | None
+    mol: Chem.Mol | None = None
+    error: str | None = None
+
+
+class StructureReadError(Exception):
+    """A whole file cannot be read (missing, unknown format, not a structure file)."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read structures from {self.path}: {reason}")
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def read_structures(path: PathLike, index: str | int | slice = ":") -> list[Record]:
+    """Read all structures of a file (or those selected by ``index``) as records.
+
+    Args:
+        path: structure file; the format is chosen by its extension (see the module docstring).
+        index: ASE-style selection: ``":"`` (all), ``"-1"``, ``"2:10:2"``, an int or a slice.
+
+    Returns:
+        Records in file order. Records RDKit cannot parse (SDF) carry ``error`` and
+        ``atoms=None``; they do not stop the others.
+
+    Raises:
+        StructureReadError: the file is missing, of unknown format, or holds no readable
+            structure.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StructureReadError(path, "no such file")
+    fmt = _input_format(path)
+    reader = _READERS.get(fmt, _read_ase)
+    try:
+        records = reader(path, fmt)
+    except StructureReadError:
+        raise
+    except Exception as err:
+        raise StructureReadError(path, f"{type(err).__name__}: {err}") from err
+    if not any(r.atoms is not None for r in records):
+        first = next((r.error for r in records if r.error), "no structures found")
+        raise StructureReadError(path, first)
+    _make_names_unique(records)
+    try:
+        selected = records[string2index(index) if isinstance(index, str) else index]
+    except IndexError:
+        raise StructureReadError(path, f"index {index} out of range: {len(records)} "
+                                       "structures") from None
+    return selected if isinstance(selected, list) else [selected]
+
+
+def _input_format(path: Path) -> str:
+    """The ase format name of ``path``: by extension, else by content (e.g. POSCAR)."""
+    for read in (False, True):
+        try:
+            fmt = filetype(str(path), read=read)
+        except Exception:  # ase raises several exception types for unknown files
+            continue
+        if fmt in _READERS or (fmt in ioformats and ioformats[fmt].can_read):
+            return fmt
+    raise StructureReadError(path, f"unknown structure format {path.suffix!r}; use .xyz, "
+                                   ".extxyz, .db, .sdf, .mol or another format ase.io reads")
+
+
+def _read_ase(path: Path, fmt: str) -> list[Record]:
+    images = ase.io.read(path, ":", format=fmt)
+    return [Record(_name_from_info(a.info, path, i), i, a) for i, a in enumerate(images)]
+
+
+def _read_db(path: Path, fmt: str) -> list[Record]:
+    records = []
+    # connect() would create a missing file; read_structures has checked that it exists
+    with ase.db.connect(path, type="db") as db:
+        for i, row in enumerate(db.select()):
+            atoms = row.toatoms()
+            atoms.info.update(row.key_value_pairs)
+            records.append(Record(_name_from_info(atoms.info, path, i), i, atoms))
+    return records
+
+
+def _read_sdf(path: Path, fmt: str) -> list[Record]:
+    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
+    records = []
+    for i in range(len(supplier)):
+        with _capture_rdkit_errors() as capture:
+            mol = supplier[i]
+        if mol is None:
+            title = supplier.GetItemText(i).split("\n", 1)[0].strip()
+            reason = "RDKit could not parse this record"
+            messages = _rdkit_messages(capture)
+            records.append(Record(title or f"{path.name}:{i}", i, None, None,
+                                  f"{reason}: {messages}" if messages else reason))
+            continue
+        atoms = atoms_from_mol(mol)
+        records.append(Record(_name_from_info(atoms.info, path, i), i, atoms, mol))
+    if not records and path.stat().st_size:
+        raise StructureReadError(path, "no SDF/MOL record found")
+    return records
+
+
+_READERS: dict[str, Callable[[Path, str], list[Record]]] = {
+    "db": _read_db,
+    "sdf": _read_sdf,
+    "mol": _read_sdf,
+}
+
+
+def _name_from_info(info: dict, path: Path, i: int) -> str:
+    for key in ("name", "id"):
+        value = info.get(key)
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    return f"{path.name}:{i}"
+
+
+def _make_names_unique(records: list[Record]) -> None:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.name] = counts.get(r.name, 0) + 1
+    taken = set(counts)
+    for r in records:
+        if counts[r.name] > 1:
+            name = f"{r.name}:{r.index}"
+            while name in taken:
+                name += "'"
+            taken.add(name)
+            r.name = name
+
+
+class _NoCapture:
+    messages = ""
+
+    def __enter__(self):
+        self._block = rdBase.BlockLogs()
+        return self
+
+    def __exit__(self, *exc):
+        del self._block
+
+
+def _capture_rdkit_errors():
+    # CaptureErrorLog is recent RDKit; older versions only get the messages silenced
+    return rdBase.CaptureErrorLog() if hasattr(rdBase, "CaptureErrorLog") else _NoCapture()
+
+
+def _rdkit_messages(capture) -> str:
+    text = capture.messages if isinstance(capture.messages, str) else "\n".join(capture.messages)
+    lines = [re.sub(r"^\[[\d:]+\]\s*(ERROR:\s*)?", "", line).strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line and "moving to the beginning" not in line)
+
+
+# ----------------------------------------------------------------------------------- RDKit
+
+
+def atoms_from_mol(mol: Chem.Mol, conf_id: int = -1) -> Atoms:
+    """An ``ase.Atoms`` from an RDKit molecule's conformer.
+
+    Args:
+        mol: molecule with at least one conformer (coordinates in Å).
+        conf_id: which conformer (-1: the default one).
+
+    Returns:
+        Atoms with the molecule's atomic numbers and positions ``[n_atoms, 3]`` (Å); formal
+        charges as initial charges when any is non-zero; ``info`` holds the molecule's
+        properties (numbers parsed from text where exact) and ``"name"`` (the title) when set.
+    """
+    if mol.GetNumConformers() == 0:
+        raise ValueError("the molecule has no conformer (no coordinates)")
+    numbers = [a.GetAtomicNum() for a in mol.GetAtoms()]
+    positions = mol.GetConformer(conf_id).GetPositions() if numbers else np.zeros((0, 3))
+    charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+    atoms = Atoms(numbers=numbers, positions=positions, charges=charges if any(charges) else None)
+    for key in mol.GetPropNames(includePrivate=False, includeComputed=False):
+        atoms.info[key] = _from_text(mol.GetProp(key))
+    if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
+        atoms.info["name"] = mol.GetProp("_Name").strip()
+    return atoms
+
+
+def mol_with_positions(mol: Chem.Mol, positions: np.ndarray) -> Chem.Mol:
+    """A copy of ``mol`` (bonds, properties) whose only conformer has ``positions``.
+
+    Args:
+        mol: template molecule.
+        positions: ``[n_atoms, 3]`` in Å, in the molecule's atom order.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.shape != (mol.GetNumAtoms(), 3):
+        raise ValueError(f"positions of shape {positions.shape} for a molecule of "
+                         f"{mol.GetNumAtoms()} atoms")
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, xyz in enumerate(positions):
+        conf.SetAtomPosition(i, xyz.tolist())
+    conf.Set3D(True)
+    out.AddConformer(conf, assignId=True)
+    return out
+
+
+def mol_from_atoms(atoms: Atoms, bonds: bool = True) -> Chem.Mol:
+    """An RDKit molecule from ``atoms``: all hydrogens explicit, connectivity from distances.
+
+    Args:
+        atoms: the structure (positions in Å); initial charges become formal charges.
+        bonds: perceive single bonds with ``rdDetermineBonds.DetermineConnectivity``; a
+            molecule whose perception fails is returned without bonds.
+    """
+    rw = Chem.RWMol()
+    charges = np.rint(atoms.get_initial_charges()).astype(int)
+    for z, q in zip(atoms.numbers, charges):
+        atom = Chem.Atom(int(z))
+        atom.SetNoImplicit(True)  # the structure lists every atom; RDKit must not add H
+        atom.SetFormalCharge(int(q))
+        rw.AddAtom(atom)
+    mol = mol_with_positions(rw.GetMol(), atoms.positions)
+    if bonds and len(atoms) > 1:
+        try:
+            with rdBase.BlockLogs():
+                rdDetermineBonds.DetermineConnectivity(mol)
+        except Exception:
+            mol = mol_with_positions(rw.GetMol(), atoms.positions)
+    return mol
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _from_text(text: str) -> Any:
+    """SDF property text as int, float or bool where that is exact, else the text itself."""
+    t = text.strip()
+    if t in ("True", "False"):
+        return t == "True"
+    if not _NUMBER.fullmatch(t) or re.match(r"[+-]?0\d", t):  # "007" is an identifier
+        return text
+    return int(t) if re.fullmatch(r"[+-]?\d+", t) else float(t)
+
+
+# ----------------------------------------------------------------------------------- validation
+
+
+def validate(atoms: Atoms, *, elements: set[int], max_atoms: int,
+             min_distance: float = 0.5) -> str | None:
+    """Why a model trained on ``elements`` cannot relax ``atoms``, or None if it can.
+
+    Checks: at least 2 and at most ``max_atoms`` atoms, only known elements, finite
+    coordinates, no pair of atoms closer than ``min_distance``. Periodic cells are ignored
+    (distances without minimum image).
+
+    Args:
+        atoms: the structure, positions ``[n_atoms, 3]`` in Å.
+        elements: atomic numbers the model was trained on.
+        max_atoms: the largest structure the model accepts.
+        min_distance: smallest allowed interatomic distance, Å.
+
+    Returns:
+        ``"; "``-joined reasons, or None when the structure is fine.
+    """
+    numbers = np.asarray(atoms.numbers)
+    positions = np.asarray(atoms.positions, dtype=np.float64)
+    n = len(numbers)
+    reasons = []
+    if n < 2:
+        reasons.append(f"{n} atom(s); at least 2 are needed")
+    if n > max_atoms:
+        reasons.append(f"{n} atoms; the model accepts at most {max_atoms}")
+    unknown = sorted(set(numbers.tolist()) - set(elements))
+    if unknown:
+        known = ", ".join(_symbol(z) for z in sorted(elements))
+        reasons.append(f"elements the model was not trained on: "
+                       f"{', '.join(_symbol(z) for z in unknown)} (it knows {known})")
+    finite = np.isfinite(positions).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        reasons.append(f"non-finite coordinates (NaN or inf) for {len(bad)} atom(s), "
+                       f"e.g. atom {bad[0]}")
+    elif 2 <= n <= max_atoms:
+        overlap = _closest_pairs(numbers, positions, min_distance)
+        if overlap:
+            reasons.append(overlap)
+    return "; ".join(reasons) or None
+
+
+def _closest_pairs(numbers: np.ndarray, positions: np.ndarray, min_distance: float) -> str | None:
+    diff = positions[:, None, :] - positions[None, :, :]  # [n, n, 3]
+    dist = np.sqrt((diff**2).sum(-1))  # [n, n]
+    i, j = np.triu_indices(len(numbers), k=1)
+    d = dist[i, j]
+    close = np.flatnonzero(d < min_distance)
+    if not len(close):
+        return None
+    k = close[np.argmin(d[close])]
+    a, b = i[k], j[k]
+    more = f" ({len(close)} pairs in all)" if len(close) > 1 else ""
+    return (f"overlapping atoms: {a} ({_symbol(numbers[a])}) and {b} ({_symbol(numbers[b])}) "
+            f"are {d[k]:.3f} Å apart, below {min_distance} Å{more}")
+
+
+def _symbol(z: int) -> str:
+    z = int(z)
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z={z}"
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def write_structures(path: PathLike, records: Sequence[Record],
+                     results: Sequence[dict[str, Any]]) -> list[Record]:
+    """Write the relaxed structures, in input order, in the format of ``path``'s extension.
+
+    Args:
+        path: output file (``.xyz``, ``.extxyz``, ``.db``, ``.sdf`` or another format ASE
+            writes). It is replaced as a whole, only after every record was converted.
+        records: the records that were relaxed.
+        results: one dict per record: ``"positions"`` (``[n_atoms, 3]`` Å, or None when that
+            record failed), optionally ``"error"`` (why it failed), and extra per-structure
+            fields (e.g. ``morered_steps``, ``morered_converged``) stored as metadata: extxyz
+            info, ASE db key-value pairs, SDF properties (as text).
+
+    Returns:
+        The records that were not written (no positions), each with ``error`` set (the
+        record's own error, else ``results[k]["error"]``, else "relaxation failed"), for
+        :func:`write_errors`.
+    """
+    if len(records) != len(results):
+        raise ValueError(f"{len(records)} records but {len(results)} results")
+    path = Path(path)
+    fmt = _output_format(path)
+    done, failed = [], []
+    for record, result in zip(records, results):
+        positions = result.get("positions")
+        if positions is None:
+            reason = record.error or result.get("error") or "relaxation failed"
+            failed.append(replace(record, error=str(reason)))
+            continue
+        if record.atoms is None:
+            raise ValueError(f"record {record.name!r} has positions but no atoms")
+        fields = {k: _plain(v) for k, v in result.items() if k not in ("positions", "error")}
+        done.append((record, np.asarray(positions, dtype=np.float64).reshape(-1, 3), fields))
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        _WRITERS.get(fmt, _write_ase)(tmp, fmt, done)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return failed
+
+
+def errors_path(output: PathLike) -> Path:
+    """Where the errors of ``output`` go: ``relaxed.sdf`` -> ``relaxed.errors.csv``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.errors.csv")
+
+
+def write_errors(path: PathLike, records: Sequence[Record]) -> None:
+    """Write a CSV with columns ``index,name,reason`` (one row per record)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "name", "reason"])
+        for r in records:
+            writer.writerow([r.index, r.name, r.error or ""])
+
+
+def write_trajectory(path: PathLike, numbers: np.ndarray, positions_list: Sequence[np.ndarray],
+                     t_hat_list: Sequence[int], name: str) -> None:
+    """Write a relaxation trajectory as one extxyz file, one frame per step.
+
+    Args:
+        path: output file (read it with ``ase gui`` or ``ase.io.read(path, ":")``).
+        numbers: ``[n_atoms]`` atomic numbers.
+        positions_list: ``n_steps`` arrays ``[n_atoms, 3]`` in Å.
+        t_hat_list: ``n_steps`` predicted diffusion steps, stored as ``info["t_hat"]``.
+        name: the structure's name, stored as ``info["name"]``.
+    """
+    if len(positions_list) != len(t_hat_list):
+        raise ValueError(f"{len(positions_list)} frames but {len(t_hat_list)} t_hat values")
+    frames = []
+    for step, (positions, t_hat) in enumerate(zip(positions_list, t_hat_list)):
+        atoms = Atoms(numbers=numbers, positions=np.asarray(positions, dtype=np.float64))
+        atoms.info.update(name=str(name), step=step, t_hat=_plain(t_hat))
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+
+
+def _output_format(path: Path) -> str:
+    try:
+        fmt = filetype(str(path), read=False)
+    except Exception as err:
+        raise ValueError(f"unknown output format for {path}") from err
+    if fmt not in _WRITERS and not (fmt in ioformats and ioformats[fmt].can_write):
+        raise ValueError(f"cannot write {fmt!r} files ({path}); use .xyz, .extxyz, .db or .sdf")
+    return fmt
+
+
+_Item = tuple[Record, np.ndarray, dict[str, Any]]  # record, new positions [n, 3] Å, extra fields
+
+
+def _relaxed_atoms(record: Record, positions: np.ndarray, fields: dict[str, Any]) -> Atoms:
+    atoms = record.atoms.copy()  # without the calculator: old energies/forces no longer apply
+    atoms.positions = positions
+    atoms.info.update(fields)
+    atoms.info["name"] = record.name
+    return atoms
+
+
+def _write_extxyz(path: Path, fmt: str, items: list[_Item]) -> None:
+    frames = []
+    for record, positions, fields in items:
+        atoms = _relaxed_atoms(record, positions, fields)
+        atoms.info = _extxyz_info(atoms.info)
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+
+
+_EXTXYZ_RESERVED = {"Properties", "Lattice", "pbc"}
+
+
+def _extxyz_info(info: dict[str, Any]) -> dict[str, Any]:
+    """Metadata that survives one extxyz comment line: no newlines, no nested objects."""
+    out = {}
+    for key, value in info.items():
+        value = _plain(value)
+        if value is None or key in _EXTXYZ_RESERVED:
+            continue
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.ndim <= 2:
+            out[key] = value
+        elif isinstance(value, (bool, int, float)):
+            out[key] = value
+        else:
+            out[key] = " ".join(_text(value).split("\n"))
+    return out
+
+
+def _write_db(path: Path, fmt: str, items: list[_Item]) -> None:
+    with ase.db.connect(path, type="db", append=False) as db:
+        for record, positions, fields in items:
+            atoms = _relaxed_atoms(record, positions, fields)
+            kvp, data = _db_split(atoms.info)
+            atoms.info = {}
+            db.write(atoms, key_value_pairs=kvp, data=data)
+
+
+def _db_split(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metadata as ASE db key-value pairs where ase.db allows them; the rest as row data."""
+    kvp, data = {}, {}
+    for key, value in info.items():
+        value = _plain(value)
+        if value is None:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # keys that read as formulas break db.select
+                ase.db.core.check({key: value})
+            kvp[key] = value
+        except (ValueError, UserWarning):
+            data[str(key)] = value
+    return kvp, data
+
+
+def _write_sdf(path: Path, fmt: str, items: list[_Item]) -> None:
+    writer = Chem.SDWriter(str(path))
+    writer.SetKekulize(False)  # write bonds as read: unsanitised molecules may not kekulize
+    try:
+        for record, positions, fields in items:
+            if record.mol is not None:
+                mol = mol_with_positions(record.mol, positions)
+                props = fields
+            else:
+                atoms = _relaxed_atoms(record, positions, fields)
+                mol = mol_from_atoms(atoms)
+                props = {k: v for k, v in atoms.info.items() if k != "name"}
+            for key, value in props.items():
+                value = _plain(value)
+                if value is not None:
+                    mol.SetProp(_sdf_key(key), _sdf_text(value))
+            mol.SetProp("_Name", record.name)
+            writer.write(mol)
+    finally:
+        writer.close()
+
+
+def _sdf_key(key: str) -> str:
+    return re.sub(r"[<>\s]+", "_", str(key)).strip("_") or "property"
+
+
+def _sdf_text(value: Any) -> str:
+    # a blank line ends an SDF data item
+    return "\n".join(line for line in _text(value).splitlines() if line.strip())
+
+
+def _write_ase(path: Path, fmt: str, items: list[_Item]) -> None:
+    ase.io.write(path, [_relaxed_atoms(*item) for item in items], format=fmt)
+
+
+_WRITERS: dict[str, Callable[[Path, str, list[_Item]], None]] = {
+    "extxyz": _write_extxyz,
+    "db": _write_db,
+    "sdf": _write_sdf,
+}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python scalars; other values unchanged."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, np.ndarray):
+        return " ".join(_text(_plain(v)) for v in value.ravel())
+    if isinstance(value, (list, tuple)):
+        return " ".join(_text(_plain(v)) for v in value)
+    return str(value)

@@ -1,0 +1,100 @@
+"""The MoreRed network: a representation with a noise head, a time head, or both (JT).
+
+Every model here and every pair of models (:class:`NoiseAndTime`) answers the same call,
+which is all that the samplers rely on::
+
+    out = model(batch, t_norm=None)
+    out[P.t_pred]   # [n_mol] predicted t/T (if the model has a time head)
+    out[P.eps_pred] # [n_atoms, 3] predicted noise (if it has a noise head), conditioned on
+                    # ``t_norm`` if given, else on its own time prediction (clamped to [0, 1])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from morered import properties as P
+from morered.data.batch import full_graph, radius_graph
+from morered.nn.heads import NoiseHead, TimeHead
+from morered.nn.painn import PaiNN
+
+REPRESENTATIONS = {"painn": PaiNN}
+
+
+class DiffusionModel(nn.Module):
+    """Representation + optional noise head + optional time head.
+
+    Args:
+        representation: ``{"name": "painn", **PaiNN kwargs}``.
+        noise_head: build the noise head eps_theta.
+        time_head: build the time-step head t_phi.
+        head_layers: layers of each head.
+        graph: ``"full"`` (all pairs inside each molecule, the reference) or ``"radius"``.
+        graph_cutoff: radius (Å) for the radius graph; defaults to the representation cutoff.
+    """
+
+    def __init__(
+        self,
+        representation: dict | None = None,
+        noise_head: bool = True,
+        time_head: bool = True,
+        head_layers: int = 3,
+        graph: str = "full",
+        graph_cutoff: float | None = None,
+    ):
+        super().__init__()
+        rep = dict(representation or {})
+        name = rep.pop("name", "painn")
+        self.representation = REPRESENTATIONS[name](**rep)
+        n = self.representation.n_features
+        self.noise_head = NoiseHead(n, head_layers) if noise_head else None
+        self.time_head = TimeHead(n, head_layers) if time_head else None
+        if graph not in ("full", "radius"):
+            raise ValueError(f"graph must be 'full' or 'radius', not {graph!r}")
+        self.graph = graph
+        self.graph_cutoff = graph_cutoff if graph_cutoff is not None else self.representation.cutoff
+
+    def edges(self, batch):
+        if P.edges in batch:
+            return batch[P.edges]
+        if self.graph == "radius":
+            return radius_graph(batch[P.R], batch[P.idx_m], self.graph_cutoff)
+        return full_graph(batch[P.idx_m])
+
+    def forward(self, batch: dict, t_norm: torch.Tensor | None = None) -> dict:
+        idx_m = batch[P.idx_m]
+        n_mol = len(batch[P.n_atoms])
+        R = batch[P.R].to(next(self.parameters()).dtype)
+        s, v = self.representation(batch[P.Z], R, self.edges(batch))
+        out = {}
+        if self.time_head is not None:
+            out[P.t_pred_atom], out[P.t_pred] = self.time_head(s, idx_m, n_mol)
+        if self.noise_head is not None:
+            if t_norm is None:
+                if self.time_head is None:
+                    raise ValueError("a noise-only model needs t_norm")
+                t_norm = out[P.t_pred].detach().clamp(0.0, 1.0)
+            out[P.eps_pred] = self.noise_head(s, v, t_norm.to(s.dtype)[idx_m], idx_m)
+        return out
+
+
+class NoiseAndTime(nn.Module):
+    """A separate time predictor and noise model answering as one model (MoreRed-AS / -ITP)."""
+
+    def __init__(self, noise_model: nn.Module, time_model: nn.Module):
+        super().__init__()
+        self.noise_model, self.time_model = noise_model, time_model
+
+    def forward(self, batch: dict, t_norm: torch.Tensor | None = None) -> dict:
+        out = {}
+        if t_norm is None:
+            out.update(self.time_model(batch))
+            t_norm = out[P.t_pred].detach().clamp(0.0, 1.0)
+        out[P.eps_pred] = self.noise_model(batch, t_norm)[P.eps_pred]
+        return out
+
+
+def build_model(model_args: dict) -> DiffusionModel:
+    """Rebuild a model from the plain-data arguments stored in a checkpoint."""
+    return DiffusionModel(**model_args)

@@ -1,0 +1,201 @@
+"""Python API: relax ASE ``Atoms`` (or RDKit molecules) with MoreRed, score their distance from
+equilibrium, and an ASE-optimizer-like class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from morered import properties as P
+from morered.data.batch import collate, to_device
+from morered.sampling.models import LoadedModel, default_model, load_model, pair
+from morered.sampling.samplers import SAMPLERS, SamplerOptions
+
+VARIANTS = ("jt", "as", "itp", "ddpm")
+#: default convergence threshold of AS/JT, chosen by measurement (models/README.md)
+DEFAULT_T_CONV = 10
+
+
+@dataclass
+class RelaxResult:
+    """Result of relaxing one structure.
+
+    Attributes:
+        positions: relaxed positions ``[n, 3]`` (Å), same atom order and centre as the input; None
+            when the structure was rejected (see ``error``).
+        t0: predicted diffusion step of the input (for ``ddpm``: the given start step).
+        steps: reverse steps taken.
+        converged: AS/JT: the predicted step fell to ``t_conv``; ITP/DDPM: the schedule reached 0.
+        t_final: last predicted step (AS/JT) or the step reached (ITP/DDPM).
+        trajectory_t: the step used at every iteration (always recorded, it is cheap).
+        trajectory: positions after every step (``[n, 3]`` arrays, input first) when requested.
+        error: why the structure was not relaxed, else None.
+    """
+
+    positions: np.ndarray | None
+    t0: int = -1
+    steps: int = 0
+    converged: bool = False
+    t_final: int = -1
+    trajectory_t: list[int] | None = None
+    trajectory: list[np.ndarray] | None = field(default=None, repr=False)
+    error: str | None = None
+
+    def atoms(self, like: Atoms) -> Atoms:
+        """A copy of ``like`` with the relaxed positions."""
+        a = like.copy()
+        a.positions = self.positions
+        return a
+
+
+def resolve_model(model, variant: str, device="cpu", time_model=None) -> LoadedModel:
+    """``model`` may be None (the shipped model for the variant), a path/name, or a LoadedModel;
+    ``time_model`` pairs a separate time predictor with a noise model (AS / ITP)."""
+    if isinstance(model, LoadedModel):
+        lm = model
+    elif model is None:
+        lm = default_model(variant, device)
+    else:
+        lm = load_model(model, device)
+    if time_model is not None:
+        tm = time_model if isinstance(time_model, LoadedModel) else load_model(time_model, device)
+        lm = pair(lm, tm)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    if not lm.has_noise:
+        raise ValueError(f"{lm.source} is a time-only model: relaxation needs a noise model")
+    if variant in ("jt", "as", "itp") and not lm.has_time:
+        raise ValueError(f"variant {variant!r} needs a time predictor; {lm.source} has none "
+                         "(pass time_model=..., or use variant='ddpm' with t_start)")
+    return lm
+
+
+def _as_atoms(x) -> Atoms:
+    if isinstance(x, Atoms):
+        return x
+    try:
+        from rdkit import Chem
+    except ImportError:  # pragma: no cover
+        Chem = None
+    if Chem is not None and isinstance(x, Chem.Mol):
+        from morered.io import atoms_from_mol
+
+        return atoms_from_mol(x)
+    raise TypeError(f"expected ase.Atoms or rdkit Mol, got {type(x).__name__}")
+
+
+def relax(
+    structures: Atoms | Sequence[Atoms],
+    model=None,
+    variant: str = "jt",
+    *,
+    time_model=None,
+    max_steps: int = 1000,
+    t_conv: int = DEFAULT_T_CONV,
+    t_start: int | None = None,
+    stochastic: bool = False,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    trajectory: bool = False,
+    min_distance: float = 0.5,
+    max_atoms: int | None = None,
+    progress: bool | Callable = False,
+) -> list[RelaxResult]:
+    """Relax structures by reverse diffusion from their predicted diffusion step.
+
+    Args:
+        structures: one ``ase.Atoms`` (or RDKit ``Mol``) or a list of them.
+        model: None for the shipped model of ``variant``, a path to a ``.pt``/``.ckpt``, a shipped
+            name, or a :class:`LoadedModel`.
+        variant: ``jt`` (default), ``as``, ``itp`` or ``ddpm`` (needs ``t_start``).
+        time_model: a separate time predictor to pair with a noise-only ``model``.
+        max_steps: most reverse steps per structure.
+        t_conv: AS/JT stop once the predicted step is <= t_conv.
+        stochastic: add the posterior noise at every step (off: deterministic mean steps).
+        batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
+        trajectory: also return positions after every step.
+        min_distance: atoms closer than this (Å) make a structure invalid.
+        max_atoms: largest structure accepted (default: twice the largest training molecule).
+        progress: show a tqdm progress bar (True) or call ``progress(n_done)``.
+    Returns:
+        one :class:`RelaxResult` per input, in input order; rejected inputs carry ``error``.
+    """
+    from morered.io import validate
+
+    single = not isinstance(structures, (list, tuple))
+    atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
+    lm = resolve_model(model, variant, device, time_model)
+    limit = max_atoms if max_atoms is not None else 2 * lm.max_atoms
+    results: list[RelaxResult | None] = [None] * len(atoms_list)
+    todo = []
+    for k, a in enumerate(atoms_list):
+        reason = validate(a, elements=lm.elements, max_atoms=limit, min_distance=min_distance)
+        if reason is not None:
+            results[k] = RelaxResult(None, error=reason)
+        else:
+            todo.append(k)
+    opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic,
+                          batch_size=batch_size, seed=seed, device=device)
+    mols = [(atoms_list[k].numbers, atoms_list[k].positions) for k in todo]
+    traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mols), desc=f"relax ({variant})", unit="mol")
+
+    def callback(ev):
+        if trajectory:
+            for j, x in zip(ev["mol"], ev["positions"]):
+                traj[j].append(x)
+        if bar is not None:
+            bar.update(ev["n_done"])
+        elif callable(progress):
+            progress(ev["n_done"])
+
+    out = SAMPLERS[variant](lm.model, mols, lm.schedule, opts, callback if (trajectory or progress) else None)
+    if bar is not None:
+        bar.close()
+    for j, (k, r) in enumerate(zip(todo, out)):
+        results[k] = RelaxResult(r.positions, r.t0, r.steps, r.converged, r.t_final, r.trajectory_t,
+                                 traj.get(j) if trajectory else None)
+    return results[0] if single else results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, batch_size: int = 256,
+          device: str = "cpu") -> np.ndarray:
+    """Predicted diffusion step of each structure (0..T), a "distance from equilibrium" score.
+
+    The step t corresponds to Gaussian displacements of standard deviation sqrt(1 - alpha_bar_t)
+    per coordinate (t = 50 / 100 / 150 ~ 0.12 / 0.25 / 0.38 Å RMSD for the default schedule).
+    Returns a float array with NaN for structures that fail validation.
+    """
+    from morered.io import validate
+
+    single = isinstance(structures, Atoms)
+    atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
+    lm = _time_capable(time_model if time_model is not None else (model if model is not None else "jt"), device)
+    T = lm.schedule.T
+    scores = np.full(len(atoms_list), np.nan)
+    ok = [k for k, a in enumerate(atoms_list)
+          if validate(a, elements=lm.elements, max_atoms=2 * lm.max_atoms) is None]
+    for s in range(0, len(ok), batch_size):
+        ks = ok[s:s + batch_size]
+        b = to_device(collate([atoms_list[k].positions for k in ks], [atoms_list[k].numbers for k in ks]), device)
+        t = lm.model(b)[P.t_pred].double().clamp(0, 1).cpu().numpy() * T
+        scores[ks] = t
+    return scores[0] if single else scores
+
+
+def _time_capable(model, device) -> LoadedModel:
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device)
+    if not lm.has_time:
+        raise ValueError(f"{lm.source} has no time head: scoring needs a time predictor")
+    return lm

@@ -1,0 +1,238 @@
+"""Reverse-diffusion samplers for relaxation and generation, batched, one signature.
+
+Every sampler is ``sampler(model, molecules, schedule, options, callback=None) -> list[Relaxed]``:
+
+- ``model(batch, t_norm=None) -> {P.t_pred: [n_mol], P.eps_pred: [n_atoms, 3]}`` (see
+  :mod:`morered.nn.model`); the samplers never import a network class.
+- ``molecules``: list of ``(numbers [n], positions [n, 3] Å)``.
+- ``options``: :class:`SamplerOptions`.
+- ``callback(event)``: called after every step with a dict (``mol``: indices of the molecules
+  in the pool, ``positions``: their positions after the step, ``t_hat``: the step each used,
+  ``n_done``: how many of them finished with this step).
+
+Molecules are processed in a pool of at most ``batch_size``: a molecule leaves the pool when it
+converges or runs out of steps, and the next waiting molecule takes its place, so converged
+molecules cost nothing.  Model evaluation runs in the model's dtype (float32), the position
+update in float64 (SPEC §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from morered import properties as P
+from morered.data.batch import centre, centred_noise
+from morered.diffusion.schedule import NoiseSchedule, reverse_step
+
+
+@dataclass
+class SamplerOptions:
+    """Options shared by all samplers.
+
+    Attributes:
+        max_steps: most reverse steps per molecule (the reference's 1000).
+        t_conv: AS/JT stop once the predicted step is <= t_conv (after one last mean step).
+        t_start: DDPM only: the step the input is taken to be at.
+        stochastic: add the posterior noise sigma_t z at each step (DDPM's sampler).  Off by default
+            for relaxation: the deterministic mean step lands closer to the minimum (README).
+        batch_size: molecules evaluated together.
+        seed: seed of the noise (stochastic updates and generation).
+        device: torch device for the model evaluation.
+    """
+
+    max_steps: int = 1000
+    t_conv: int = 10
+    t_start: int | None = None
+    stochastic: bool = False
+    batch_size: int = 128
+    seed: int = 0
+    device: str | torch.device = "cpu"
+
+
+@dataclass
+class Relaxed:
+    """Result for one molecule.  ``positions`` in Å, in the input's frame (same centre)."""
+
+    positions: np.ndarray
+    t0: int
+    steps: int
+    converged: bool
+    t_final: int
+    trajectory_t: list[int] | None = field(default=None, repr=False)
+
+
+class _Pool:
+    """The molecules currently being denoised, concatenated (float64 positions)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.x = torch.zeros((0, 3), dtype=torch.float64, device=device)
+        self.Z = torch.zeros(0, dtype=torch.long, device=device)
+        self.n = torch.zeros(0, dtype=torch.long, device=device)
+        self.mol = torch.zeros(0, dtype=torch.long)  # global molecule index (cpu)
+
+    def __len__(self):
+        return len(self.n)
+
+    @property
+    def idx_m(self):
+        return torch.repeat_interleave(torch.arange(len(self.n), device=self.device), self.n)
+
+    def add(self, items):
+        """items: list of (global index, numbers, centred positions float64)."""
+        if not items:
+            return
+        self.x = torch.cat([self.x] + [torch.as_tensor(p, dtype=torch.float64, device=self.device) for _, _, p in items])
+        self.Z = torch.cat([self.Z] + [torch.as_tensor(z, dtype=torch.long, device=self.device) for _, z, _ in items])
+        self.n = torch.cat([self.n, torch.tensor([len(z) for _, z, _ in items], dtype=torch.long, device=self.device)])
+        self.mol = torch.cat([self.mol, torch.tensor([k for k, _, _ in items], dtype=torch.long)])
+
+    def keep(self, keep_mol: torch.Tensor):
+        """Keep the molecules where ``keep_mol`` [n_mol] (bool, cpu) is true."""
+        keep_atoms = keep_mol.to(self.device)[self.idx_m]
+        self.x, self.Z = self.x[keep_atoms], self.Z[keep_atoms]
+        self.n, self.mol = self.n[keep_mol.to(self.device)], self.mol[keep_mol]
+
+    def batch(self, dtype=torch.float32) -> dict:
+        return {P.R: self.x.to(dtype), P.Z: self.Z, P.idx_m: self.idx_m, P.n_atoms: self.n}
+
+    def split(self, x: torch.Tensor) -> list[np.ndarray]:
+        return list(torch.split(x.detach().cpu(), self.n.tolist()))
+
+
+def _model_dtype(model) -> torch.dtype:
+    p = next(iter(model.parameters()), None)
+    return p.dtype if p is not None else torch.float32
+
+
+def _round_steps(t_norm: torch.Tensor, T: int) -> torch.Tensor:
+    """Predicted t/T -> integer step: clamp to [0, 1], scale, round (SPEC §6)."""
+    return torch.round(t_norm.detach().double().clamp(0.0, 1.0) * T).long().cpu()
+
+
+def _run(
+    model: Callable,
+    molecules: Sequence[tuple[np.ndarray, np.ndarray]],
+    schedule: NoiseSchedule,
+    options: SamplerOptions,
+    variant: str,
+    callback: Callable | None = None,
+) -> list[Relaxed]:
+    """The one reverse-diffusion loop behind every sampler; ``variant`` picks the step rule."""
+    o = options
+    device = torch.device(o.device)
+    T = schedule.T
+    gen = torch.Generator().manual_seed(int(o.seed))
+    n_total = len(molecules)
+    centres = [np.asarray(x, np.float64).mean(0) for _, x in molecules]
+    results: list[Relaxed | None] = [None] * n_total
+    # per-molecule state, indexed by global molecule index
+    t_cur = torch.full((n_total,), -1, dtype=torch.long)  # ITP/DDPM: the next step to take
+    t0 = torch.full((n_total,), -1, dtype=torch.long)
+    steps = torch.zeros(n_total, dtype=torch.long)
+    traj_t: list[list[int]] = [[] for _ in range(n_total)]
+    pending = list(range(n_total))[::-1]
+    pool = _Pool(device)
+    dtype = _model_dtype(model)
+    noise_scale = 1.0 if o.stochastic else 0.0
+
+    def finish(k: int, x: np.ndarray, converged: bool, t_final: int):
+        results[k] = Relaxed(x + centres[k], int(t0[k]), int(steps[k]), bool(converged), int(t_final), traj_t[k])
+
+    while pending or len(pool):
+        # refill the pool
+        new = []
+        while pending and len(pool) + len(new) < o.batch_size:
+            k = pending.pop()
+            z, x = molecules[k]
+            new.append((k, np.asarray(z), np.asarray(x, np.float64) - centres[k]))
+        pool.add(new)
+        idx_m = pool.idx_m
+        batch = pool.batch(dtype)
+        mol = pool.mol
+        with torch.no_grad():
+            if variant in ("as", "jt"):
+                out = model(batch)  # noise conditioned on the model's own step prediction
+                t_hat = _round_steps(out[P.t_pred], T)
+            else:
+                fresh = t_cur[mol] < 0
+                if bool(fresh.any()):
+                    if variant == "ddpm":
+                        t_cur[mol[fresh]] = int(o.t_start)
+                    else:  # itp: predict the step once
+                        t_cur[mol[fresh]] = _round_steps(model(batch)[P.t_pred], T)[fresh]
+                t_hat = t_cur[mol].clone()
+                out = model(batch, (t_hat.double() / T).to(device=device, dtype=dtype))
+        first = t0[mol] < 0
+        t0[mol[first]] = t_hat[first]
+        for k, th in zip(mol.tolist(), t_hat.tolist()):
+            traj_t[k].append(th)
+
+        # who stops: AS/JT converge when t_hat <= t_conv (after one last mean step);
+        # ITP/DDPM when the fixed schedule reaches 0; everyone at max_steps
+        if variant in ("as", "jt"):
+            conv = t_hat <= int(o.t_conv)
+        else:
+            conv = t_hat <= 0
+        move = t_hat > 0
+        scale = torch.where(conv, 0.0, noise_scale).double()[..., None].to(device)[idx_m]
+        t_step = t_hat.clamp(min=0)
+        x_new = reverse_step(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule, scale, generator=gen)
+        pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
+        steps[mol] += move.long()
+        if variant in ("itp", "ddpm"):
+            t_cur[mol] = (t_hat - 1).clamp(min=0)
+            conv = conv | (t_hat - 1 <= 0)
+        out_of_steps = steps[mol] >= o.max_steps
+        done = conv | out_of_steps
+        if callback is not None:
+            callback({"mol": mol.tolist(), "positions": [p.numpy() + centres[k] for k, p in zip(mol.tolist(), pool.split(pool.x))],
+                      "t_hat": t_hat.tolist(), "n_done": int(done.sum())})
+        if bool(done.any()):
+            xs = pool.split(pool.x)
+            for j in torch.nonzero(done).flatten().tolist():
+                k = int(mol[j])
+                t_fin = int(t_hat[j]) if variant in ("as", "jt") else int(t_cur[k])
+                finish(k, xs[j].numpy(), bool(conv[j]), t_fin)
+            pool.keep(~done)
+    return results  # type: ignore[return-value]
+
+
+def ddpm(model, molecules, schedule, options, callback=None) -> list[Relaxed]:
+    """DDPM reverse process (Ho et al. 2020) from a given step ``options.t_start`` down to 0."""
+    if options.t_start is None:
+        raise ValueError("the ddpm sampler needs options.t_start (the step the inputs are at)")
+    return _run(model, molecules, schedule, options, "ddpm", callback)
+
+
+def itp(model, molecules, schedule, options, callback=None) -> list[Relaxed]:
+    """MoreRed-ITP (Kahouli et al. 2024): predict the step once, then t0, t0-1, ..., 1."""
+    return _run(model, molecules, schedule, options, "itp", callback)
+
+
+def adaptive(model, molecules, schedule, options, callback=None) -> list[Relaxed]:
+    """MoreRed-AS / -JT (Kahouli et al. 2024): re-predict the step before every reverse step,
+    stop when it is <= t_conv."""
+    return _run(model, molecules, schedule, options, "as", callback)
+
+
+SAMPLERS = {"ddpm": ddpm, "itp": itp, "as": adaptive, "jt": adaptive}
+
+
+def generate(model, numbers_list, schedule, options, callback=None, adaptive_schedule: bool = True) -> list[Relaxed]:
+    """Generation from pure noise (SPEC §1): x_T ~ centred N(0, I) for each composition, then the
+    adaptive sampler (MoreRed) or the fixed schedule T..1 (DDPM).  Stochastic updates."""
+    gen = torch.Generator().manual_seed(int(options.seed) + 1)
+    mols = []
+    for z in numbers_list:
+        idx = torch.zeros(len(z), dtype=torch.long)
+        mols.append((np.asarray(z), centred_noise((len(z), 3), idx, generator=gen, dtype=torch.float64).numpy()))
+    opts = SamplerOptions(**{**options.__dict__, "stochastic": True})
+    if adaptive_schedule:
+        return adaptive(model, mols, schedule, opts, callback)
+    opts.t_start = schedule.T
+    return ddpm(model, mols, schedule, opts, callback)
