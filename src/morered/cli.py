@@ -83,8 +83,38 @@ def _add_relax(sub):
     p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per input to DIR")
+    p.add_argument("--reference", metavar="FILE", help="reference geometries in the same order: print the "
+                   "RMSD (Kabsch, all atoms) of each structure before and after relaxation")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_relax)
+
+
+def _report_rmsd(reference, records, results) -> None:
+    """Print RMSD to the reference before and after, per structure and as medians."""
+    import numpy as np
+
+    from morered.evaluation.rmsd import kabsch_rmsd
+
+    refs = _read_or_exit(reference)
+    if refs is None:
+        return
+    if len(refs) != len(records):
+        print(f"warning: {reference} has {len(refs)} structures, the input {len(records)}: no RMSD report",
+              file=sys.stderr)
+        return
+    before, after = [], []
+    print(f"{'structure':<24} {'RMSD before':>12} {'RMSD after':>11}  (Å, Kabsch, all atoms)")
+    for rec, ref, res in zip(records, refs, results):
+        if res["positions"] is None or ref.atoms is None or list(ref.atoms.numbers) != list(rec.atoms.numbers):
+            continue
+        b = kabsch_rmsd(rec.atoms.positions, ref.atoms.positions)
+        a = kabsch_rmsd(res["positions"], ref.atoms.positions)
+        before.append(b)
+        after.append(a)
+        print(f"{rec.name:<24} {b:12.3f} {a:11.3f}")
+    if before:
+        print(f"{'median':<24} {np.median(before):12.3f} {np.median(after):11.3f}   "
+              f"({sum(x < y for x, y in zip(after, before))}/{len(before)} closer to the reference)")
 
 
 def _read_or_exit(path):
@@ -144,6 +174,8 @@ def _relax(args) -> int:
           f"({100 * n_conv / max(1, len(done)):.1f} %), median steps "
           f"{float(np.median([r.steps for r in done])) if done else float('nan'):.0f}, "
           f"wall {wall:.1f} s, {len(done) / max(wall, 1e-9):.1f} structures/s -> {args.output}")
+    if args.reference:
+        _report_rmsd(args.reference, records, results)
     if failed:
         ep = errors_path(args.output)
         write_errors(ep, failed)
@@ -205,6 +237,49 @@ def _score(args) -> int:
     return EXIT_SOME_FAILED if bad else EXIT_OK
 
 
+# ---------------------------------------------------------------------------- benchmarks
+def _add_benchmark(sub):
+    p = sub.add_parser("benchmark", aliases=["bench"], help="benchmarks: training speed, relaxation quality")
+    bsub = p.add_subparsers(dest="benchmark", required=True)
+    t = bsub.add_parser("train", help="training and inference molecules/s on QM9 batches")
+    t.add_argument("--config", help="YAML config (default: the packaged defaults, 128 features)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batches", type=int, default=10)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.set_defaults(func=_bench_train)
+    _add_benchmark_relax(bsub)
+
+
+def _bench_train(args) -> int:
+    import torch
+
+    from morered.training.bench import bench_train
+    from morered.training.config import load_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    r = bench_train(cfg, args.batch_size, args.batches, device=args.device)
+    rep = cfg["model"]["representation"]
+    print(f"model {cfg['model_type']}: PaiNN {rep['n_features']} features x {rep['n_interactions']} blocks, "
+          f"{r['parameters']} parameters; batches of {args.batch_size} QM9 molecules "
+          f"({r['atoms_per_batch']:.0f} atoms), device {args.device}, {r['threads']} threads")
+    print(f"training : {r['train_mol_s']:8.1f} molecules/s")
+    print(f"inference: {r['infer_mol_s']:8.1f} molecules/s")
+    return 0
+
+
+def _add_benchmark_relax(bsub):
+    try:
+        from morered.evaluation.benchmark import add_cli_arguments
+    except ImportError:  # pragma: no cover - the evaluation extra is part of the package
+        return
+    p = bsub.add_parser("relax", help="MoreRed vs MMFF94 vs GFN2-xTB on QM9 test molecules (paper Fig. 4)")
+    add_cli_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="morered", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -212,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_relax(sub)
     _add_score(sub)
+    _add_benchmark(sub)
     return parser
 
 

@@ -71,23 +71,22 @@ def relax_identity(numbers, positions, ref_positions=None, max_steps: int = 0, *
 
 
 @contextlib.contextmanager
-def _quiet_stdout():
-    """Silence C-level stdout (RDKit's extended-Hückel code prints distance warnings there)."""
-    sys.stdout.flush()
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # e.g. pytest capture without a real fd
-        yield
-        return
-    saved = os.dup(fd)
+def _quiet_c_output():
+    """Silence C-level stdout and stderr (RDKit's extended-Hückel code prints "suspicious
+    distance" warnings there for every strained molecule).  Errors still raise exceptions."""
+    for s in (sys.stdout, sys.stderr):
+        s.flush()
+    saved = []
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(null.fileno(), fd)
             yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, fd)
-        os.close(saved)
+        for fd, old in saved:
+            os.dup2(old, fd)
+            os.close(old)
 
 
 def _rdkit_mol(numbers, positions):
@@ -124,7 +123,7 @@ def perceive_bonds(numbers, ref_positions, charge: int = 0):
     for how, kw in (("xyz2mol", {}), ("hueckel", {"useHueckel": True})):
         mol = _rdkit_mol(numbers, ref_positions)
         try:
-            with _quiet_stdout() if kw else contextlib.nullcontext():
+            with _quiet_c_output() if kw else contextlib.nullcontext():
                 rdDetermineBonds.DetermineBonds(mol, charge=charge, **kw)
             return mol, how
         except Exception:  # RDKit raises ValueError/RuntimeError variants; try the next method

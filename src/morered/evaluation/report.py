@@ -168,8 +168,8 @@ def summary_markdown(summary: list[dict], meta: dict | None = None, skipped: dic
         lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
     lines += [
         "RMSD after Kabsch alignment to the reference (Å), median [first–third quartile]; ratio = "
-        "RMSD(result) / RMSD(input); a failure is a ratio > 1, and a structure a method raised an "
-        "error on counts as a failure (ratio inf). Time is wall time of the whole batch in this run.",
+        "RMSD(result) / RMSD(input); a failure is a ratio > 1 (up to the rounding tolerance stated "
+        "above), and a structure a method raised an error on counts as a failure (ratio inf). Time is wall time of the whole batch in this run.",
         "",
         "| method | kind | n | errors | RMSD in | RMSD | RMSD heavy | median ratio | failure % | "
         "converged % | mean steps | s/structure | structures/s | threads |",

@@ -69,9 +69,10 @@ def rmsd_ratio(relaxed_rmsd: float | None, input_rmsd: float) -> float:
     return float(relaxed_rmsd) / float(input_rmsd)
 
 
-def is_failure(ratio: float) -> bool:
-    """A relaxation failed when it moved the structure away from the reference: ratio > 1.
+def is_failure(ratio: float, tol: float = 0.0) -> bool:
+    """A relaxation failed when it moved the structure away from the reference: ratio > 1 + tol.
 
-    NaN (undefined) counts as a failure too.
+    ``tol`` (relative) lets a method that returns its input up to rounding (e.g. an optimiser
+    started at its own minimum, ratio 1 + 1e-9) pass.  NaN (undefined) is a failure.
     """
-    return not (ratio <= 1.0)
+    return not (ratio <= 1.0 + tol)

@@ -199,3 +199,59 @@ def _time_capable(model, device) -> LoadedModel:
     if not lm.has_time:
         raise ValueError(f"{lm.source} has no time head: scoring needs a time predictor")
     return lm
+
+
+class MoreRedOptimizer:
+    """Relax one ``ase.Atoms`` in place, used like an ASE optimizer::
+
+        opt = MoreRedOptimizer(atoms, trajectory="relax.traj")
+        converged = opt.run(steps=1000)
+
+    Each reverse-diffusion step is one optimizer step; ``trajectory`` (an ASE ``.traj`` or
+    ``.extxyz`` path) receives every intermediate geometry with its predicted step in
+    ``atoms.info["t_hat"]``.  Keyword arguments go to :func:`relax` (``model``, ``variant``,
+    ``t_conv``, ``device``, ...).
+    """
+
+    def __init__(self, atoms: Atoms, model=None, variant: str = "jt", trajectory: str | Path | None = None,
+                 logfile: str | None = None, **relax_kwargs):
+        self.atoms = atoms
+        self.model = resolve_model(model, variant, relax_kwargs.get("device", "cpu"), relax_kwargs.pop("time_model", None))
+        self.variant, self.trajectory, self.logfile = variant, trajectory, logfile
+        self.kwargs = relax_kwargs
+        self.result: RelaxResult | None = None
+        self.nsteps = 0
+
+    def run(self, steps: int = 1000) -> bool:
+        """Relax for at most ``steps`` reverse steps; returns whether it converged."""
+        r = relax(self.atoms, self.model, self.variant, max_steps=steps, trajectory=self.trajectory is not None,
+                  **self.kwargs)
+        if r.error is not None:
+            raise ValueError(f"cannot relax {self.atoms.get_chemical_formula()}: {r.error}")
+        self.result, self.nsteps = r, r.steps
+        if self.trajectory is not None:
+            import ase.io
+
+            frames = []
+            ts = [r.t0] + list(r.trajectory_t or [])
+            for k, x in enumerate(r.trajectory or []):
+                a = self.atoms.copy()
+                a.positions = x
+                a.info.update({"step": k, "t_hat": int(ts[min(k, len(ts) - 1)])})
+                frames.append(a)
+            ase.io.write(str(self.trajectory), frames)
+        self.atoms.positions = r.positions
+        if self.logfile is not None:
+            import sys
+
+            msg = (f"MoreRed-{self.variant.upper()}: {r.steps} steps, t0 = {r.t0}, t_final = {r.t_final}, "
+                   f"converged = {r.converged}\n")
+            if self.logfile == "-":
+                sys.stdout.write(msg)
+            else:
+                with open(self.logfile, "a") as f:
+                    f.write(msg)
+        return r.converged
+
+    def converged(self) -> bool:
+        return bool(self.result is not None and self.result.converged)

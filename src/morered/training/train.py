@@ -148,8 +148,9 @@ def train(cfg: dict, out: str | Path) -> Path:
     t0 = time.time()
     trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
     wall = time.time() - t0
+    # a collective call (it ends in a barrier): every rank must make it, only rank 0 writes
+    trainer.save_checkpoint(last)
     if trainer.is_global_zero:
-        trainer.save_checkpoint(last)
         save_model(task, out / "model.pt")
         summary = {
             "global_step": int(trainer.global_step),
