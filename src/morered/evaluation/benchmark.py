@@ -13,17 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from morered.evaluation.baselines import BASELINES, RelaxResult, available, omp_threads
-from morered.evaluation.inputs import KINDS, Structures, make_inputs, qm9_references, read_user_inputs
-from morered.evaluation.report import write_report
+from morered.evaluation.inputs import Structures, input_settings, make_inputs, qm9_references, read_user_inputs
+from morered.evaluation.report import summarize, write_report
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_rmsd, rmsd_ratio
 
 #: MoreRed variants, run through :func:`morered.sampling.api.relax`
 MORERED = ("jt", "as", "itp")
 METHODS = ("identity", "mmff", "xtb") + MORERED
+DEFAULT_METHODS = ("identity", "mmff", "xtb", "jt", "as", "itp")
+DEFAULT_KINDS = ("diffused_50", "diffused_100", "diffused_150", "normal_mode", "mmff_min", "xtb_min")
 #: default number of QM9 test molecules (see :func:`run_relax_benchmark`)
 DEFAULT_N = 50
-#: default number of them that also get ``normal_mode`` inputs (6n GFN2-xTB force calls each)
-DEFAULT_N_NORMAL_MODE = 50
+#: default number of them that also get ``normal_mode`` inputs (6n GFN2-xTB force calls each);
+#: None: all of them (at the default n the Hessians cost ~1 min, once, then they are cached)
+DEFAULT_N_NORMAL_MODE = None
 #: relative tolerance of the failure test (ratio > 1 + FAILURE_TOL): rounding is not a failure
 FAILURE_TOL = 1e-6
 
@@ -120,6 +123,66 @@ def _run_morered(relax, variant, inputs: Structures, valid, model, max_steps, se
     return results, wall, torch.get_num_threads()
 
 
+def _benchmark_inputs(n, seed, kinds, inputs, refs, id_field, n_normal_mode, temperature, cache, progress):
+    """``({kind: inputs}, {kind: references}, {kind: seconds to make them}, description)``."""
+    inputs_by_kind: dict[str, Structures] = {}
+    refs_by_kind: dict[str, Structures] = {}
+    input_seconds: dict[str, float] = {}
+    if inputs is not None or refs is not None:
+        if inputs is None or refs is None:
+            raise ValueError("give both inputs and refs, or neither")
+        x, r = read_user_inputs(inputs, refs, id_field)
+        inputs_by_kind["user"], refs_by_kind["user"] = x, r
+        return inputs_by_kind, refs_by_kind, input_seconds, f"user files {inputs} / {refs} (id field {id_field!r})"
+    all_refs = qm9_references(n, seed)
+    for kind in kinds:
+        r = all_refs
+        if kind == "normal_mode" and n_normal_mode is not None and n_normal_mode < n:
+            r = Structures(all_refs.ids[:n_normal_mode], all_refs.numbers[:n_normal_mode],
+                           all_refs.positions[:n_normal_mode], kind="reference")
+        _log(progress, f"inputs: {kind} for {len(r)} molecules")
+        t0 = time.perf_counter()
+        inputs_by_kind[kind] = make_inputs(kind, r, seed=seed, temperature=temperature, cache=cache)
+        input_seconds[kind] = time.perf_counter() - t0
+        refs_by_kind[kind] = r
+    return inputs_by_kind, refs_by_kind, input_seconds, f"QM9 test split, {n} molecules chosen by seed {seed}"
+
+
+def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, relax, models, max_steps, fmax, seed,
+               batch_size, progress):
+    """Run every method on every kind; ``(rows, relaxed positions per row, timings)``."""
+    rows: list[dict] = []
+    outputs: list[np.ndarray | None] = []
+    timings: dict[tuple, dict] = {}
+    for kind, x in inputs_by_kind.items():
+        r = refs_by_kind[kind]
+        valid = [k for k in range(len(x)) if x.positions[k] is not None]
+        for m in methods:
+            if m in skipped or not valid:
+                continue
+            if m in MORERED:
+                res, wall, threads = _run_morered(relax, m, x, valid, models[m], max_steps, seed, batch_size)
+            else:
+                res0, wall, threads = _run_baseline(m, x, r, valid, max_steps, fmax, progress)
+                res = [({}, rr) for rr in res0]
+            timings[(m, kind)] = {"seconds": wall, "threads": threads}
+            _log(progress, f"{m:>8s} / {kind:<14s} {len(valid)} structures in {wall:.1f} s "
+                           f"({len(valid) / max(wall, 1e-9):.3g} structures/s, {threads} threads)")
+            for k, (extra, rr) in zip(valid, res):
+                row = {"method": m, "kind": kind, "mol_id": x.ids[k].item(), "index": k,
+                       "n_atoms": len(x.numbers[k])}
+                row.update(score(x.numbers[k], x.positions[k], r.positions[k], rr.positions))
+                row.update(converged=rr.converged, steps=rr.steps,
+                           seconds=wall / len(valid) if m in MORERED else rr.seconds,
+                           threads=threads, error=rr.error or extra.get("error"))
+                row.update({key: v for key, v in extra.items() if key != "error"})
+                if rr.energy_xtb is not None:
+                    row["_energy_xtb"] = rr.energy_xtb
+                rows.append(row)
+                outputs.append(rr.positions)
+    return rows, outputs, timings
+
+
 def _energy_rows(rows, refs_by_kind, outputs, dft: int, xtb: bool, progress: bool) -> None:
     """Add ``dE_xtb`` (every structure) and ``dE_dft`` (first ``dft`` references) in kcal/mol.
 
@@ -163,8 +226,8 @@ def run_relax_benchmark(
     n: int = DEFAULT_N,
     out: str | os.PathLike = "runs/benchmark_relax",
     seed: int = 0,
-    methods=("identity", "mmff", "xtb", "jt", "as", "itp"),
-    kinds=("diffused_50", "diffused_100", "diffused_150", "normal_mode", "mmff_min", "xtb_min"),
+    methods=DEFAULT_METHODS,
+    kinds=DEFAULT_KINDS,
     max_steps: int = 1000,
     dft: int = 0,
     xtb_energy: bool = False,
@@ -190,12 +253,24 @@ def run_relax_benchmark(
     a failure (ratio inf), never dropped.  Inputs a generator could not make (e.g. MMFF94 cannot
     type the molecule for ``mmff_min``) are listed in the report and not relaxed.
 
-    Default size: ``n = 50`` molecules, all six kinds.  Measured on 2 cores shared with two
-    training runs: inputs ~1.5 min the first time (normal-mode Hessians ~1-2 s per molecule,
-    xtb minima ~0.2 s), cached afterwards; identity ~0 s, MMFF94 ~5 ms and GFN2-xTB ~0.1-0.5 s per
-    structure, so the baselines take ~2 min for the 300 inputs; the rest of the ~10 minutes is
-    left for the three MoreRed variants (300 structures each, batched).  ``n = 1000`` is a full
-    run (normal-mode inputs alone ~30 min; cap them with ``n_normal_mode``).
+    Default size, ``n = 50`` molecules with all six kinds (300 inputs), chosen from timings on
+    this 2-core machine (measured while two training runs shared it, which made everything about
+    2-3x slower than on an idle machine; idle numbers in brackets):
+
+    - inputs, once (then cached): diffused ~0 s; normal_mode 6n GFN2-xTB force calls per molecule,
+      ~1.2 s for 18 atoms [idle]; xtb_min ~0.3 s; mmff_min ~5 ms.  n = 20 took 34 s contended.
+    - identity ~0; MMFF94 4-7 ms per structure; GFN2-xTB 0.85-1.1 s per structure contended
+      [0.1-0.3 s idle], ~0 on xtb_min inputs (already converged).  All baselines on n = 20 x 6
+      kinds: 96 s contended.
+    - MoreRed: one forward pass of the shipped-size JT network (PaiNN 96 features, 3 blocks) costs
+      ~7 ms per molecule contended on 1 thread, so ~70 reverse steps per structure give ~0.5 s per
+      structure and variant (AS evaluates two networks per step).
+
+    Estimated total for n = 50: ~7-8 min idle (inputs ~1.5 min, baselines ~1.5 min, three MoreRed
+    variants ~4 min), about twice that while training runs share the cores.  MoreRed's steps per
+    structure depend on the model (its time head decides when to stop), so re-measure once a
+    final model ships.  ``n = 1000`` is a full run (normal-mode inputs alone ~20 min; cap them with
+    ``n_normal_mode``).
 
     Args:
         n: number of QM9 test molecules.
@@ -228,36 +303,18 @@ def run_relax_benchmark(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    if inputs is None and refs is None:
+        for kind in kinds:
+            input_settings(kind)  # unknown kinds fail here, before any work
 
     # inputs -------------------------------------------------------------------------------
-    inputs_by_kind: dict[str, Structures] = {}
-    refs_by_kind: dict[str, Structures] = {}
-    input_seconds: dict[str, float] = {}
-    if inputs is not None or refs is not None:
-        if inputs is None or refs is None:
-            raise ValueError("give both inputs and refs, or neither")
-        x, r = read_user_inputs(inputs, refs, id_field)
-        inputs_by_kind["user"], refs_by_kind["user"] = x, r
-        source = f"user files {inputs} / {refs} (id field {id_field!r})"
-    else:
-        all_refs = qm9_references(n, seed)
-        source = f"QM9 test split, {n} molecules chosen by seed {seed}"
-        for kind in kinds:
-            r = all_refs
-            if kind == "normal_mode" and n_normal_mode is not None and n_normal_mode < n:
-                r = Structures(all_refs.ids[:n_normal_mode], all_refs.numbers[:n_normal_mode],
-                               all_refs.positions[:n_normal_mode], kind="reference")
-            _log(progress, f"inputs: {kind} for {len(r)} molecules")
-            t0 = time.perf_counter()
-            inputs_by_kind[kind] = make_inputs(kind, r, seed=seed, temperature=temperature, cache=cache)
-            input_seconds[kind] = time.perf_counter() - t0
-            refs_by_kind[kind] = r
+    inputs_by_kind, refs_by_kind, input_seconds, source = _benchmark_inputs(
+        n, seed, kinds, inputs, refs, id_field, n_normal_mode, temperature, cache, progress)
     missing = {k: [f"{s.ids[i]}: {s.errors[i]}" for i in range(len(s)) if s.positions[i] is None]
                for k, s in inputs_by_kind.items()}
     missing = {k: v for k, v in missing.items() if v}
 
     # methods ------------------------------------------------------------------------------
-    skipped: dict[str, str] = {}
     variants = [m for m in methods if m in MORERED]
     relax, models, skipped = _morered_relax(variants, model) if variants else (None, {}, {})
     for m in methods:
@@ -268,35 +325,8 @@ def run_relax_benchmark(
     for m, why in skipped.items():
         _log(progress, f"skipped {m}: {why}")
 
-    rows: list[dict] = []
-    outputs: list[np.ndarray | None] = []
-    timings: dict[tuple, dict] = {}
-    for kind, x in inputs_by_kind.items():
-        r = refs_by_kind[kind]
-        valid = [k for k in range(len(x)) if x.positions[k] is not None]
-        for m in methods:
-            if m in skipped or not valid:
-                continue
-            if m in MORERED:
-                res, wall, threads = _run_morered(relax, m, x, valid, models[m], max_steps, seed, batch_size)
-            else:
-                res0, wall, threads = _run_baseline(m, x, r, valid, max_steps, fmax, progress)
-                res = [({}, rr) for rr in res0]
-            timings[(m, kind)] = {"seconds": wall, "threads": threads}
-            _log(progress, f"{m:>8s} / {kind:<14s} {len(valid)} structures in {wall:.1f} s "
-                           f"({len(valid) / max(wall, 1e-9):.3g} structures/s, {threads} threads)")
-            for k, (extra, rr) in zip(valid, res):
-                row = {"method": m, "kind": kind, "mol_id": x.ids[k].item(), "index": k,
-                       "n_atoms": len(x.numbers[k])}
-                row.update(score(x.numbers[k], x.positions[k], r.positions[k], rr.positions))
-                row.update(converged=rr.converged, steps=rr.steps,
-                           seconds=wall / len(valid) if m in MORERED else rr.seconds,
-                           threads=threads, error=rr.error or extra.get("error"))
-                row.update({key: v for key, v in extra.items() if key != "error"})
-                if rr.energy_xtb is not None:
-                    row["_energy_xtb"] = rr.energy_xtb
-                rows.append(row)
-                outputs.append(rr.positions)
+    rows, outputs, timings = _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, relax, models,
+                                        max_steps, fmax, seed, batch_size, progress)
 
     # energies -----------------------------------------------------------------------------
     if dft > 0 or xtb_energy:
@@ -327,8 +357,54 @@ def run_relax_benchmark(
     if dft:
         meta["DFT"] = f"PySCF B3LYP (b3lypg)/6-31G(2df,p), density fitting, first {dft} molecules"
     files = write_report(rows, out, meta, timings, skipped, missing)
-    from morered.evaluation.report import summarize
-
     _log(progress, f"report in {out}: {', '.join(files)}")
     return {"rows": rows, "summary": summarize(rows, timings), "files": files, "skipped": skipped,
             "missing_inputs": missing, "timings": timings}
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _csv_list(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def add_cli_arguments(p) -> None:
+    """Options of ``morered benchmark relax`` on an argparse (sub)parser; sets ``func``."""
+    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"QM9 test molecules (default {DEFAULT_N}, ~10 min on 2 cores; 1000 = full run)")
+    p.add_argument("--out", default="runs/benchmark_relax", help="report folder")
+    p.add_argument("--seed", type=int, default=0, help="chooses molecules, seeds inputs and samplers")
+    p.add_argument("--methods", type=_csv_list, default=DEFAULT_METHODS, help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--kinds", type=_csv_list, default=DEFAULT_KINDS,
+                   help="comma-separated input kinds: diffused_<t>, normal_mode, mmff_min, xtb_min")
+    p.add_argument("--max-steps", type=int, default=1000, help="maximum iterations, every method")
+    p.add_argument("--dft", type=int, default=0, metavar="N", help="PySCF B3LYP/6-31G(2df,p) ΔE on the first N molecules (~1 min per single point)")
+    p.add_argument("--xtb-energy", action="store_true", help="GFN2-xTB ΔE for every structure")
+    p.add_argument("--inputs", help="your own inputs (any ASE format or SDF), with --refs")
+    p.add_argument("--refs", help="references for --inputs, matched by --id-field")
+    p.add_argument("--id-field", default="id", help="atoms.info key / SDF property holding the id (default: id; else name or index)")
+    p.add_argument("--model", help="MoreRed model (.pt/.ckpt or shipped name; default: the shipped ones)")
+    p.add_argument("--temperature", type=float, default=300.0, help="normal_mode temperature, K")
+    p.add_argument("--n-normal-mode", type=int, help="only the first N molecules get normal_mode inputs")
+    p.add_argument("--fmax", type=float, default=0.005, help="GFN2-xTB convergence, eV/Å")
+    p.add_argument("--batch-size", type=int, default=128, help="MoreRed structures per batch")
+    p.add_argument("--threads", type=int, help="torch threads (tblite follows OMP_NUM_THREADS)")
+    p.add_argument("--no-cache", action="store_true", help="regenerate inputs instead of using the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cli_run)
+
+
+def _cli_run(args) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    res = run_relax_benchmark(
+        n=args.n, out=args.out, seed=args.seed, methods=args.methods, kinds=args.kinds,
+        max_steps=args.max_steps, dft=args.dft, xtb_energy=args.xtb_energy, inputs=args.inputs,
+        refs=args.refs, model=args.model, progress=not args.quiet, n_normal_mode=args.n_normal_mode,
+        temperature=args.temperature, fmax=args.fmax, batch_size=args.batch_size, id_field=args.id_field,
+        cache=not args.no_cache,
+    )
+    print(Path(res["files"]["summary.md"]).read_text())
+    return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 #: bump when a generator changes, so that stale cache files are not reused
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Boltzmann constant, eV/K
 K_B = 8.617333262e-5
 #: sqrt(eV / (Å² amu)) in cm⁻¹: converts sqrt of a mass-weighted Hessian eigenvalue to a wavenumber
@@ -232,13 +232,13 @@ def normal_mode(
     calls per molecule (about 1 s for 18 atoms on one core).
     """
     floor = (min_wavenumber / _EV_A2_AMU_TO_CM1) ** 2
-    kind = f"normal_mode_{temperature:g}K"
 
     def one(k, z, x):
         from ase.data import atomic_masses
 
         w, modes = normal_modes(z, x, xtb_hessian(z, x, step))
-        rng = np.random.default_rng(_rng_seed(seed, kind, refs.ids[k]))
+        # the seed does not depend on the temperature: a temperature scan scales the same draws
+        rng = np.random.default_rng(_rng_seed(seed, "normal_mode", refs.ids[k]))
         q = rng.standard_normal(len(w)) * np.sqrt(K_B * temperature / np.maximum(np.abs(w), floor))
         dx = (modes @ q) / np.sqrt(np.repeat(atomic_masses[np.asarray(z, int)], 3))
         return x + dx.reshape(-1, 3)

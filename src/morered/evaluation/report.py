@@ -225,6 +225,17 @@ def _colors(names):
     return {m: cmap(i % 10) for i, m in enumerate(names)}
 
 
+def _log_limits(values, clip) -> tuple[float, float]:
+    """Decade-rounded (low, high) of the finite positive values, inside ``clip``."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return clip
+    lo = max(clip[0], 10.0 ** np.floor(np.log10(v.min())))
+    hi = clip[1] if len(v) < len(values) else min(clip[1], 10.0 ** np.ceil(np.log10(v.max())))
+    return lo, max(hi, lo * 10)
+
+
 def plot_ratio_boxes(rows: list[dict], path, clip=(1e-3, 1e2)) -> Path | None:
     """RMSD-ratio box plots, one panel per input kind, one box per method (paper Fig. 4)."""
     rows = [r for r in rows if r.get("ratio") is not None]
@@ -237,14 +248,16 @@ def plot_ratio_boxes(rows: list[dict], path, clip=(1e-3, 1e2)) -> Path | None:
     nrow = math.ceil(len(kinds) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(1.2 + 0.62 * len(methods) * ncol + 0.6 * ncol, 3.6 * nrow),
                              sharey=True, squeeze=False)
-    lo, hi = clip
+    lo, hi = _log_limits(_floats(rows, "ratio"), clip)
     for ax, kind in zip(axes.flat, kinds):
-        data, names = [], []
+        data, names, fails = [], [], []
         for m in methods:
-            v = np.array([float(r["ratio"]) for r in rows if r["method"] == m and r["kind"] == kind])
-            if len(v):
+            g = [r for r in rows if r["method"] == m and r["kind"] == kind]
+            if g:
+                v = _floats(g, "ratio")
                 data.append(np.clip(np.nan_to_num(v, nan=hi, posinf=hi), lo, hi))
                 names.append(m)
+                fails.append(100.0 * np.mean([bool(r.get("failure")) for r in g]))
         if not data:
             ax.set_visible(False)
             continue
@@ -255,8 +268,7 @@ def plot_ratio_boxes(rows: list[dict], path, clip=(1e-3, 1e2)) -> Path | None:
             patch.set_facecolor(colors[m])
             patch.set_alpha(0.75)
         ax.axhline(1.0, color="crimson", lw=1, ls="--")
-        for i, (v, m) in enumerate(zip(data, names), start=1):
-            fail = 100.0 * np.mean(v > 1.0)
+        for i, fail in enumerate(fails, start=1):
             ax.text(i, hi * 1.6, f"{fail:.0f}%", ha="center", va="bottom", fontsize=7, color="crimson")
         ax.set_yscale("log")
         ax.set_ylim(lo * 0.7, hi * 6)
@@ -267,7 +279,9 @@ def plot_ratio_boxes(rows: list[dict], path, clip=(1e-3, 1e2)) -> Path | None:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("RMSD ratio (result / input)")
-    fig.suptitle(f"RMSD ratio; dashed: ratio 1, red %: failures (ratio > 1); errors drawn at {hi:g}", fontsize=9)
+    errs = sum(1 for r in rows if not math.isfinite(float(r["ratio"])))
+    fig.suptitle("RMSD ratio; dashed: ratio 1, red %: failures (ratio > 1)"
+                 + (f"; {errs} errors drawn at {hi:g}" if errs else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -285,7 +299,7 @@ def plot_rmsd_scatter(rows: list[dict], path, clip=(1e-3, 10.0)) -> Path | None:
     ncol = min(3, len(methods))
     nrow = math.ceil(len(methods) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.4 * nrow), sharex=True, sharey=True, squeeze=False)
-    lo, hi = clip
+    lo, hi = _log_limits(np.concatenate([_floats(rows, "rmsd_in"), _floats(rows, "rmsd")]), clip)
     for ax, m in zip(axes.flat, methods):
         for kind in kinds:
             g = [r for r in rows if r["method"] == m and r["kind"] == kind]
@@ -323,7 +337,7 @@ def plot_rmsd_scatter(rows: list[dict], path, clip=(1e-3, 10.0)) -> Path | None:
 
 def plot_trajectories(rows: list[dict], path, per_method: int = 6) -> Path | None:
     """Predicted diffusion step vs iteration for a few relaxations per method (paper Fig. 3b)."""
-    rows = [r for r in rows if r.get("trajectory_t") is not None and len(r["trajectory_t"])]
+    rows = [r for r in rows if r.get("trajectory_t") is not None and len(r["trajectory_t"]) >= 2]
     if not rows:
         return None
     plt = _plt()
@@ -338,7 +352,8 @@ def plot_trajectories(rows: list[dict], path, per_method: int = 6) -> Path | Non
         pick, k = [], 0
         while len(pick) < per_method and any(by_kind.values()):
             kinds = [kk for kk in by_kind if by_kind[kk]]
-            pick.append(by_kind[kinds[k % len(kinds)]].pop(0))
+            lst = by_kind[kinds[k % len(kinds)]]
+            pick.append(lst.pop((3 * k) % len(lst)))  # different molecules in different kinds
             k += 1
         for r in pick:
             t = np.asarray(r["trajectory_t"], float)
@@ -354,35 +369,60 @@ def plot_trajectories(rows: list[dict], path, per_method: int = 6) -> Path | Non
     return Path(path)
 
 
-def plot_energies(rows: list[dict], path, key: str = "dE_dft", clip=(-20.0, 60.0)) -> Path | None:
-    """ΔE (kcal/mol) box plots per method and kind; band = ±1 kcal/mol (paper Fig. 6)."""
+def plot_energies(rows: list[dict], path, key: str = "dE_dft") -> Path | None:
+    """ΔE (kcal/mol) box plots per method, one box per kind; band = ±1 kcal/mol (paper Fig. 6).
+
+    Symmetric-log y axis (linear within ±1 kcal/mol); failed structures (ΔE inf) are left out of
+    the boxes and counted in the x labels.
+    """
     rows = [r for r in rows if r.get(key) is not None]
     if not rows:
         return None
     plt = _plt()
     methods, kinds = _order(rows, "method"), _order(rows, "kind")
     colors = _colors(kinds)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(methods) * len(kinds), 3.6))
-    pos, width = 0.0, 0.8 / max(1, len(kinds))
-    ticks = []
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(min(14.0, 2.0 + 0.28 * len(methods) * len(kinds) + 0.6 * len(methods)), 4.0))
+    labels = []
     for i, m in enumerate(methods):
+        n_bad = 0
         for j, kind in enumerate(kinds):
             v = _floats([r for r in rows if r["method"] == m and r["kind"] == kind], key)
+            n_bad += int((~np.isfinite(v)).sum())
+            v = v[np.isfinite(v)]
             if len(v):
-                v = np.clip(np.nan_to_num(v, nan=clip[1], posinf=clip[1], neginf=clip[0]), *clip)
-                bp = ax.boxplot([v], positions=[i + j * width], widths=width * 0.9, patch_artist=True,
-                                medianprops=dict(color="black"), flierprops=dict(marker=".", markersize=3))
+                bp = ax.boxplot([v], positions=[i - 0.4 + (j + 0.5) * width], widths=width * 0.85,
+                                patch_artist=True, medianprops=dict(color="black"),
+                                flierprops=dict(marker=".", markersize=3))
                 bp["boxes"][0].set_facecolor(colors[kind])
-        ticks.append(i + (len(kinds) - 1) * width / 2)
-    ax.axhspan(-CHEMICAL_ACCURACY, CHEMICAL_ACCURACY, color="green", alpha=0.15)
-    ax.set_xticks(ticks, methods)
-    ax.set_ylabel(f"{key} (kcal/mol)")
-    ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in kinds], kinds, fontsize=7, frameon=False)
+        labels.append(m + (f"\n({n_bad} failed)" if n_bad else ""))
+    ax.axhspan(-CHEMICAL_ACCURACY, CHEMICAL_ACCURACY, color="green", alpha=0.15, label="±1 kcal/mol")
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xticks(range(len(methods)), labels, fontsize=8)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
+    ax.set_ylabel(f"ΔE {'DFT' if key == 'dE_dft' else 'GFN2-xTB'} (kcal/mol)")
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in kinds] + [plt.Rectangle((0, 0), 1, 1, color="green", alpha=0.15)],
+              kinds + ["±1 kcal/mol"], fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
+    ax.set_title("E(result) − E(reference)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return Path(path)
+
+
+def _jsonable(v):
+    """Strict JSON: inf/NaN as the strings "inf"/"nan", numpy scalars as Python ones."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
 
 
 def write_report(rows: list[dict], out, meta: dict | None = None, timings: dict | None = None,
@@ -400,12 +440,12 @@ def write_report(rows: list[dict], out, meta: dict | None = None, timings: dict 
     (out / "summary.md").write_text(md)
     files["summary.md"] = out / "summary.md"
     doc = {"meta": meta or {}, "summary": summary, "skipped": skipped or {}, "missing_inputs": missing_inputs or {}}
-    (out / "summary.json").write_text(json.dumps(doc, indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps(_jsonable(doc), indent=1))
     files["summary.json"] = out / "summary.json"
     traj = [{"method": r["method"], "kind": r["kind"], "mol_id": r["mol_id"], "trajectory_t": list(map(int, r["trajectory_t"]))}
             for r in rows if r.get("trajectory_t") is not None]
     if traj:
-        (out / "trajectories.json").write_text(json.dumps(traj))
+        (out / "trajectories.json").write_text(json.dumps(_jsonable(traj)))
         files["trajectories.json"] = out / "trajectories.json"
     for name, fn in (("ratio_boxplot.png", plot_ratio_boxes), ("rmsd_before_after.png", plot_rmsd_scatter),
                      ("trajectories.png", plot_trajectories)):

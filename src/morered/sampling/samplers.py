@@ -175,18 +175,19 @@ def _run(
         # who stops: AS/JT converge when t_hat <= t_conv (after one last mean step);
         # ITP/DDPM when the fixed schedule reaches 0; everyone at max_steps
         if variant in ("as", "jt"):
-            conv = t_hat <= int(o.t_conv)
+            # at t_hat = 0 a step cannot move the molecule: it stops there whatever t_conv is
+            conv = t_hat <= max(int(o.t_conv), 0)
         else:
             conv = t_hat <= 0
-        move = t_hat > 0
+        move = (t_hat > 0) & (steps[mol] < o.max_steps)  # max_steps = 0: predict t0 only
         scale = torch.where(conv, 0.0, noise_scale).double()[..., None].to(device)[idx_m]
         t_step = t_hat.clamp(min=0)
         x_new = reverse_step(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule, scale, generator=gen)
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
         if variant in ("itp", "ddpm"):
-            t_cur[mol] = (t_hat - 1).clamp(min=0)
-            conv = conv | (t_hat - 1 <= 0)
+            t_cur[mol] = (t_hat - move.long()).clamp(min=0)
+            conv = conv | (t_cur[mol] <= 0)
         out_of_steps = steps[mol] >= o.max_steps
         done = conv | out_of_steps
         if callback is not None:

@@ -14,13 +14,17 @@ def default_config() -> dict:
     return yaml.safe_load(resources.files("morered.configs").joinpath("default.yaml").read_text())
 
 
+#: sections whose keys are passed on as keyword arguments (checked where they are used)
+OPEN_SECTIONS = ("representation", "schedule")
+
+
 def merge(base: dict, update: dict, path: str = "") -> dict:
     """Recursive merge; unknown keys are an error (they are almost always typos)."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        if k not in out:
+        if k not in out and path.rstrip(".").split(".")[-1] not in OPEN_SECTIONS:
             raise KeyError(f"unknown config key {path + k!r}")
-        if isinstance(out[k], dict) and isinstance(v, dict) and k != "representation":
+        if isinstance(out[k], dict) and isinstance(v, dict) and k not in OPEN_SECTIONS:
             out[k] = merge(out[k], v, f"{path}{k}.")
         elif isinstance(out[k], dict) and isinstance(v, dict):
             out[k] = {**out[k], **v}

@@ -12,6 +12,8 @@ from morered import properties as P
 from morered.diffusion.schedule import NoiseSchedule, diffuse
 from morered.nn.model import build_model
 
+#: give up after this many skipped batches in a row (every batch bad = diverged or bad data)
+MAX_CONSECUTIVE_SKIPS = 100
 LOSS_TERMS = {"jt": ("noise", "time"), "ddpm": ("noise",), "time": ("time",)}
 
 
@@ -57,6 +59,7 @@ class DiffusionTask(pl.LightningModule):
         self.terms = LOSS_TERMS[config["model_type"]]
         self.register_buffer("n_skipped", torch.zeros((), dtype=torch.long))
         self.best_val = math.inf
+        self.consecutive_skips = 0
 
     # ---------------------------------------------------------------- losses
     def losses(self, model, batch, generator=None) -> dict[str, torch.Tensor]:
@@ -90,7 +93,8 @@ class DiffusionTask(pl.LightningModule):
         o = self.config["optim"]
         losses = self.losses(self.model, batch)
         loss = losses["loss"]
-        bad = not bool(torch.isfinite(loss)) or float(loss) > float(o["skip_loss_above"])
+        value = float(loss.detach())
+        bad = not math.isfinite(value) or value > float(o["skip_loss_above"])
         if not bad:
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
@@ -101,8 +105,13 @@ class DiffusionTask(pl.LightningModule):
         if bad:
             opt.zero_grad(set_to_none=True)
             self.n_skipped += 1
-            self.print(f"skipped batch {batch_idx} at step {self.global_step}: loss {float(loss):.3g}")
+            self.consecutive_skips += 1
+            self.print(f"skipped batch {batch_idx} at step {self.global_step}: loss {value:.3g}")
+            if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                raise RuntimeError(f"{self.consecutive_skips} batches in a row had a non-finite or huge loss: "
+                                   "the model has diverged (lower optim.lr?) or the data hold NaNs")
         else:
+            self.consecutive_skips = 0
             opt.step()
             self.update_ema()
         self.log("skipped_batches", self.n_skipped.float(), prog_bar=True, batch_size=1)

@@ -78,7 +78,8 @@ def build_trainer(cfg: dict, out: Path, resuming: bool) -> pl.Trainer:
         EarlyStopping(monitor="val_loss", patience=int(cfg["optim"]["early_stopping_patience"]), mode="min"),
         TQDMProgressBar(refresh_rate=10),
     ]
-    loggers = [CSVLogger(out, name="logs", version=0)]
+    # a new version folder per run, so that a resumed run does not overwrite the earlier log
+    loggers = [CSVLogger(out, name="logs")]
     if tr["tensorboard"]:
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -114,7 +115,7 @@ def train(cfg: dict, out: str | Path) -> Path:
 
     Writes ``out/config.yaml`` (resolved), ``out/checkpoints/last.ckpt`` (resume),
     ``out/best.pt`` (EMA weights with the lowest validation loss), ``out/model.pt`` (EMA weights
-    at the end) and ``out/logs/version_0/metrics.csv``.  Returns the path of ``best.pt`` (or of
+    at the end) and ``out/logs/version_<k>/metrics.csv`` (one folder per run or resume).  Returns the path of ``best.pt`` (or of
     ``model.pt`` when no validation ran).
     """
     out = Path(out)

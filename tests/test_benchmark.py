@@ -1,0 +1,139 @@
+"""End-to-end relaxation benchmark on a few molecules: identity, MMFF94 and a tiny model."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from morered.evaluation import benchmark as B
+from morered.evaluation.baselines import RelaxResult
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_end_to_end(tmp_path, tiny_model_path):
+    out = tmp_path / "bench"
+    res = B.run_relax_benchmark(
+        n=3, out=out, seed=0, methods=("identity", "mmff", "jt"), kinds=("diffused_100", "mmff_min"),
+        max_steps=20, model=str(tiny_model_path), progress=False, cache=False, batch_size=8,
+    )
+    for name in ("results.csv", "summary.md", "summary.json", "ratio_boxplot.png", "rmsd_before_after.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = read_rows(out / "results.csv")
+    ran = [m for m in ("identity", "mmff", "jt") if m not in res["skipped"]]
+    assert "identity" in ran and "mmff" in ran
+    assert len(rows) == 3 * 2 * len(ran)  # every method on every input: nothing dropped
+    # the same inputs for every method: the input RMSD agrees across methods
+    by = {(r["method"], r["kind"], r["mol_id"]): r for r in rows}
+    for (m, kind, mol), r in by.items():
+        assert float(r["rmsd_in"]) == pytest.approx(float(by[("identity", kind, mol)]["rmsd_in"]))
+    for r in rows:
+        if r["method"] == "identity":
+            assert float(r["ratio"]) == 1.0 and r["failure"] == "False"
+        if r["method"] == "jt":  # the sampler's own record comes through
+            assert r["t0"] != "" and int(float(r["steps"])) <= 20
+    summary = (out / "summary.md").read_text()
+    assert "| method | kind |" in summary and "| mmff | diffused_100 |" in summary
+    assert {(s["method"], s["kind"]) for s in res["summary"]} == {(m, k) for m in ran for k in ("diffused_100", "mmff_min")}
+    for s in res["summary"]:
+        assert s["n"] == 3 and s["structures_per_s"] > 0 and s["threads"] >= 1
+
+
+def test_missing_tools_and_models_are_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "available", lambda m: (m != "xtb", "xtb: tblite not installed"))
+    res = B.run_relax_benchmark(
+        n=2, out=tmp_path, methods=("identity", "xtb", "itp"), kinds=("diffused_50",), max_steps=5,
+        model=str(tmp_path / "no_such_model.pt"), progress=False, cache=False,
+    )
+    assert res["skipped"]["xtb"] == "xtb: tblite not installed"
+    assert "itp" in res["skipped"]
+    assert {r["method"] for r in res["rows"]} == {"identity"}
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Skipped methods" in md and "- xtb: xtb: tblite not installed" in md
+
+
+def test_failed_structure_counts_as_failure(tmp_path, monkeypatch):
+    """A method that errors on one structure: that row is a failure with ratio inf, still in the
+    table and in n."""
+    real = B.BASELINES["identity"]
+    calls = {"n": 0}
+
+    def flaky(numbers, positions, ref_positions, max_steps, **opts):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return RelaxResult(None, 0, False, 0.0, "RuntimeError: exploded")
+        return real(numbers, positions, ref_positions, max_steps)
+
+    monkeypatch.setitem(B.BASELINES, "identity", flaky)
+    res = B.run_relax_benchmark(n=3, out=tmp_path, methods=("identity",), kinds=("diffused_50",),
+                                progress=False, cache=False)
+    rows = res["rows"]
+    assert len(rows) == 3
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and bad[0]["ratio"] == math.inf and bad[0]["failure"] and bad[0]["rmsd"] == math.inf
+    s = res["summary"][0]
+    assert s["n"] == 3 and s["n_error"] == 1 and s["failure_pct"] == pytest.approx(100 / 3)
+
+
+def test_user_inputs(tmp_path):
+    import ase.io
+
+    from morered.evaluation.inputs import qm9_references
+
+    refs = qm9_references(2, seed=1)
+    ref_atoms = [refs.atoms(k) for k in range(2)]
+    ase.io.write(tmp_path / "refs.extxyz", ref_atoms)
+    rng = np.random.default_rng(0)
+    inputs = []
+    for a in ref_atoms + ref_atoms[:1]:
+        b = a.copy()
+        b.positions += rng.normal(0, 0.1, b.positions.shape)
+        inputs.append(b)
+    ase.io.write(tmp_path / "inputs.extxyz", inputs)
+    res = B.run_relax_benchmark(out=tmp_path / "out", methods=("identity", "mmff"), inputs=tmp_path / "inputs.extxyz",
+                                refs=tmp_path / "refs.extxyz", progress=False, xtb_energy=True)
+    rows = res["rows"]
+    assert len(rows) == 6 and {r["kind"] for r in rows} == {"user"}
+    assert [r["mol_id"] for r in rows[:3]] == [str(refs.ids[0]), str(refs.ids[1]), str(refs.ids[0])]
+    assert all(np.isfinite(r["dE_xtb"]) for r in rows)
+    ident = [r for r in rows if r["method"] == "identity"]
+    assert all(r["dE_xtb"] > 0 for r in ident)  # a distorted input lies above the minimum
+    assert "ΔE" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_dft_energies_on_the_first_molecules(tmp_path, monkeypatch):
+    """--dft N: the reference and every result of the first N molecules get a single point
+    (a stand-in energy here: PySCF is minutes per molecule); the others get none."""
+    import morered.evaluation.energies as E
+
+    calls = []
+
+    def fake_dft(numbers, positions):
+        calls.append(len(numbers))
+        return -float(np.sum(np.asarray(positions) ** 2)) * 1e-3  # Hartree, any smooth function
+
+    monkeypatch.setattr(E, "dft_energy", fake_dft)
+    res = B.run_relax_benchmark(n=3, out=tmp_path, methods=("identity", "mmff"), kinds=("diffused_50", "mmff_min"),
+                                dft=1, progress=False, cache=False)
+    first = res["rows"][0]["mol_id"]
+    with_dft = [r for r in res["rows"] if "dE_dft" in r]
+    assert {r["mol_id"] for r in with_dft} == {first}
+    assert len(with_dft) == 4  # 2 methods x 2 kinds
+    assert len(calls) == 1 + 4  # one reference energy shared by both kinds, plus every result
+    assert all(np.isfinite(r["dE_dft"]) for r in with_dft)
+    s = {(x["method"], x["kind"]): x for x in res["summary"]}
+    assert s[("identity", "diffused_50")]["dE_dft_n"] == 1
+
+
+def test_command_line(tmp_path, capsys):
+    from morered.cli import main
+
+    rc = main(["benchmark", "relax", "--n", "2", "--methods", "identity,mmff", "--kinds", "diffused_50",
+               "--out", str(tmp_path), "--quiet", "--no-cache"])
+    assert rc == 0
+    assert "| mmff | diffused_50 | 2 |" in capsys.readouterr().out
+    assert (tmp_path / "results.csv").exists()

@@ -1,0 +1,394 @@
+"""Samplers and the relaxation API: centring, independent convergence, ITP's fixed schedule,
+seeds, rotation, input order, step limits, and inputs that cannot be relaxed."""
+
+from collections import defaultdict
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from torch import nn
+
+import morered
+from conftest import random_rotation
+from morered import properties as P
+from morered.diffusion.schedule import NoiseSchedule
+from morered.sampling.models import load_model, pair
+from morered.sampling.samplers import SAMPLERS, SamplerOptions, generate
+
+SCHEDULE = NoiseSchedule("polynomial", 1000)
+
+
+class StubModel(nn.Module):
+    """A model with the samplers' call signature whose predicted step the test controls.
+
+    ``steps[n]``: the steps predicted for the molecule with ``n`` atoms on its 1st, 2nd, ...
+    time prediction (the last value repeats).  The noise is ``0.3 x + offset``: not centred, so
+    the samplers must re-centre themselves.
+    """
+
+    def __init__(self, steps: dict[int, list[int]], T: int = 1000, max_calls: int = 10_000):
+        super().__init__()
+        self.steps, self.T, self.max_calls = steps, T, max_calls
+        self.n_calls = 0
+        self.calls = defaultdict(int)
+        self.seen: list[list[int]] = []  # molecule sizes of every time prediction
+        self.weight = nn.Parameter(torch.zeros(()))  # float32, like a real model
+
+    def forward(self, batch, t_norm=None):
+        n_atoms = batch[P.n_atoms].tolist()
+        self.n_calls += 1
+        if self.n_calls > self.max_calls:  # a sampler that never stops fails instead of hanging
+            raise RuntimeError(f"model called more than {self.max_calls} times")
+        out = {}
+        if t_norm is None:
+            self.seen.append(n_atoms)
+            t = []
+            for n in n_atoms:
+                s = self.steps[n]
+                t.append(s[min(self.calls[n], len(s) - 1)])
+                self.calls[n] += 1
+            out[P.t_pred] = torch.tensor(t, dtype=torch.float32) / self.T
+            out[P.t_pred_atom] = out[P.t_pred][batch[P.idx_m]]
+        out[P.eps_pred] = 0.3 * batch[P.R] + torch.tensor([0.5, -0.2, 0.1])
+        return out
+
+
+def _inputs(test_molecules, index=range(8), noise=0.05, seed=0):
+    """Perturbed test molecules as (numbers, positions float64), each moved far from the origin."""
+    rng = np.random.default_rng(seed)
+    mols = []
+    for j, k in enumerate(index):
+        x, z = test_molecules.molecule(k)
+        x = x.astype(np.float64) + noise * rng.standard_normal(x.shape) + np.array([5.0 * j, -3.0, 1.0 + j])
+        mols.append((z.astype(np.int64), x))
+    return mols
+
+
+def _distinct_sizes(test_molecules):
+    """Test molecules with distinct atom counts (so a StubModel can tell them apart)."""
+    seen, index = set(), []
+    for k in range(len(test_molecules)):
+        n = len(test_molecules.molecule(k)[1])
+        if n not in seen:
+            seen.add(n)
+            index.append(k)
+    return _inputs(test_molecules, index)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    return load_model(tiny_model_path)
+
+
+def _setup(variant, tiny):
+    """(model, options kwargs) for a variant with the tiny model."""
+    if variant == "as":
+        return pair(tiny, tiny).model, {}
+    if variant == "ddpm":
+        return tiny.model, {"t_start": 20}
+    return tiny.model, {}
+
+
+def _run(variant, model, mols, callback=None, **kw):
+    return SAMPLERS[variant](model, mols, SCHEDULE, SamplerOptions(**kw), callback)
+
+
+# ------------------------------------------------------------------------------------ centring
+@pytest.mark.parametrize("variant", ["jt", "as", "itp", "ddpm"])
+@pytest.mark.parametrize("which", ["tiny", "stub"])
+def test_centre_stays_after_every_step(test_molecules, tiny, variant, which):
+    if which == "tiny":
+        mols = _inputs(test_molecules)
+        model, kw = _setup(variant, tiny)
+    else:
+        mols = _distinct_sizes(test_molecules)
+        model = StubModel({len(z): [40 + 10 * j, 30 + 10 * j, 20] for j, (z, _) in enumerate(mols)})
+        kw = {"t_start": 20} if variant == "ddpm" else {}
+    centres = [x.mean(0) for _, x in mols]
+    events = []
+    res = _run(variant, model, mols, events.append, max_steps=6, stochastic=True, seed=1, batch_size=3, **kw)
+    assert events
+    for ev in events:
+        for k, x in zip(ev["mol"], ev["positions"]):
+            np.testing.assert_allclose(x.mean(0), centres[k], atol=1e-9)
+    for r, c, (_, x) in zip(res, centres, mols):
+        assert r.positions.shape == x.shape
+        np.testing.assert_allclose(r.positions.mean(0), c, atol=1e-9)
+    if which == "stub":  # the molecules moved, so the check above was not vacuous
+        assert all(np.abs(r.positions - x).max() > 1e-3 for r, (_, x) in zip(res, mols))
+
+
+def test_relax_trajectory_keeps_the_centre(test_molecules, tiny):
+    atoms = [Atoms(numbers=z, positions=x) for z, x in _inputs(test_molecules)]
+    res = morered.relax(atoms, tiny, "ddpm", t_start=15, max_steps=5, trajectory=True)
+    for a, r in zip(atoms, res):
+        assert r.error is None
+        assert len(r.trajectory) == r.steps + 1 == 6
+        np.testing.assert_array_equal(r.trajectory[0], a.positions)  # the input comes first
+        np.testing.assert_array_equal(r.trajectory[-1], r.positions)
+        for x in r.trajectory:
+            np.testing.assert_allclose(x.mean(0), a.positions.mean(0), atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------ convergence
+def test_converged_molecules_freeze_while_others_go_on(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:3]
+    a, b, c = (len(z) for z, _ in mols)
+    model = StubModel({a: [30, 20, 10], b: [60, 50, 40, 30, 20, 10], c: [500]})
+    events = []
+    res = _run("jt", model, mols, events.append, max_steps=8, t_conv=10)
+    present = [[k in ev["mol"] for ev in events] for k in range(3)]
+    assert present[0] == [True] * 3 + [False] * 5
+    assert present[1] == [True] * 6 + [False] * 2
+    assert present[2] == [True] * 8
+    # a converged molecule leaves the batch: the model never sees it again
+    assert all(a not in sizes for sizes in model.seen[3:]) and all(b not in sizes for sizes in model.seen[6:])
+
+    ra, rb, rc = res
+    assert (ra.t0, ra.steps, ra.converged, ra.t_final, ra.trajectory_t) == (30, 3, True, 10, [30, 20, 10])
+    assert (rb.t0, rb.steps, rb.converged, rb.t_final) == (60, 6, True, 10)
+    assert (rc.t0, rc.steps, rc.converged, rc.t_final) == (500, 8, False, 500)
+    assert rc.trajectory_t == [500] * 8
+    # a's positions are those after its last step (which moved it once more), untouched afterwards
+    last_a = [dict(zip(ev["mol"], ev["positions"]))[0] for ev in events[:3]]
+    np.testing.assert_array_equal(ra.positions, last_a[-1])
+    assert np.abs(last_a[-1] - last_a[-2]).max() > 1e-4
+
+
+def test_step_zero_does_not_move(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    model = StubModel({len(mols[0][0]): [0], len(mols[1][0]): [5]})
+    r0, r1 = _run("jt", model, mols, max_steps=10, t_conv=10)
+    assert (r0.steps, r0.converged, r0.t0) == (0, True, 0)
+    np.testing.assert_array_equal(r0.positions, mols[0][1])
+    assert (r1.steps, r1.converged, r1.t0) == (1, True, 5)  # one last mean step
+    assert np.abs(r1.positions - mols[1][1]).max() > 1e-4
+
+
+def test_last_step_before_convergence_is_noise_free(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    steps = {len(mols[0][0]): [8], len(mols[1][0]): [80, 60, 40, 20, 5]}
+    r1 = _run("jt", StubModel(steps), mols, max_steps=10, t_conv=10, stochastic=True, seed=1)
+    r2 = _run("jt", StubModel(steps), mols, max_steps=10, t_conv=10, stochastic=True, seed=2)
+    np.testing.assert_array_equal(r1[0].positions, r2[0].positions)  # converged at once: mean step only
+    assert np.abs(r1[1].positions - r2[1].positions).max() > 1e-3  # noisy steps before converging
+
+
+# ------------------------------------------------------------------------------------ ITP / DDPM schedules
+def test_itp_steps_down_by_one_from_the_first_prediction(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:3]
+    # later predictions must be ignored by ITP: only the first counts
+    model = StubModel({len(mols[0][0]): [20, 999], len(mols[1][0]): [0, 500], len(mols[2][0]): [7, 1]})
+    r = _run("itp", model, mols, max_steps=100)
+    assert r[0].trajectory_t == list(range(20, 0, -1))
+    assert (r[0].t0, r[0].steps, r[0].converged, r[0].t_final) == (20, 20, True, 0)
+    assert (r[1].t0, r[1].steps, r[1].converged, r[1].trajectory_t) == (0, 0, True, [0])
+    np.testing.assert_array_equal(r[1].positions, mols[1][1])
+    assert r[2].trajectory_t == [7, 6, 5, 4, 3, 2, 1]
+    # cut short by max_steps
+    model = StubModel({len(mols[0][0]): [20]})
+    (short,) = _run("itp", model, mols[:1], max_steps=5)
+    assert (short.steps, short.converged, short.t_final, short.trajectory_t) == (5, False, 15, [20, 19, 18, 17, 16])
+
+
+def test_itp_with_the_tiny_model(test_molecules, tiny):
+    res = _run("itp", tiny.model, _inputs(test_molecules), max_steps=1000)
+    for r in res:
+        assert r.trajectory_t[0] == r.t0
+        assert np.all(np.diff(r.trajectory_t) == -1)
+        assert r.converged and r.steps == r.t0 and r.t_final == 0
+    assert max(r.t0 for r in res) > 0  # at least one molecule actually moved
+
+
+def test_ddpm_schedule_and_t_start(test_molecules, tiny):
+    mols = _inputs(test_molecules, range(3))
+    res = _run("ddpm", tiny.model, mols, t_start=12, max_steps=1000)
+    for r in res:
+        assert r.trajectory_t == list(range(12, 0, -1))
+        assert (r.t0, r.steps, r.converged, r.t_final) == (12, 12, True, 0)
+    with pytest.raises(ValueError, match="t_start"):
+        _run("ddpm", tiny.model, mols)
+
+
+# ------------------------------------------------------------------------------------ seeds
+@pytest.mark.parametrize("variant", ["ddpm", "jt"])
+def test_seed_decides_the_noise(test_molecules, tiny, variant):
+    if variant == "ddpm":
+        model, kw, mols = tiny.model, {"t_start": 30}, _inputs(test_molecules, range(4))
+    else:
+        mols = _distinct_sizes(test_molecules)
+        model, kw = None, {}
+
+    def run(seed, stochastic=True):
+        m = model if model is not None else StubModel({len(z): [90, 70, 50, 30] for z, _ in mols})
+        return [r.positions for r in _run(variant, m, mols, max_steps=4, stochastic=stochastic, seed=seed, **kw)]
+
+    a, b, c = run(3), run(3), run(4)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert max(np.abs(x - z).max() for x, z in zip(a, c)) > 1e-3
+    # deterministic updates do not depend on the seed
+    for x, y in zip(run(3, False), run(4, False)):
+        np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------------------------------ rotation
+@pytest.mark.parametrize("variant", ["jt", "as", "itp", "ddpm"])
+def test_rotating_the_input_rotates_the_output(test_molecules, tiny, variant):
+    model, kw = _setup(variant, tiny)
+    if variant == "ddpm":
+        kw = {"t_start": 900}  # large steps: the untrained model's noise is tiny, 1/sqrt(alpha) is not
+    mols = _inputs(test_molecules, noise=0.1)
+    Q = random_rotation(torch.Generator().manual_seed(7)).numpy()
+    rotated = [(z, x @ Q.T) for z, x in mols]
+    ref = _run(variant, model, mols, max_steps=10, **kw)
+    rot = _run(variant, model, rotated, max_steps=10, **kw)
+    moved = 0.0
+    for r, q, (_, x) in zip(ref, rot, mols):
+        assert (r.t0, r.steps, r.trajectory_t) == (q.t0, q.steps, q.trajectory_t)
+        np.testing.assert_allclose(q.positions, r.positions @ Q.T, atol=1e-4, rtol=0)
+        moved = max(moved, np.abs(r.positions - x).max())
+    assert moved > 1e-3  # something moved, so the comparison means something
+
+
+# ------------------------------------------------------------------------------------ order and limits
+def test_results_in_input_order_with_a_small_pool(test_molecules, tiny):
+    mols = _inputs(test_molecules)
+    big = _run("ddpm", tiny.model, mols, t_start=15, max_steps=6, batch_size=128)
+    small = _run("ddpm", tiny.model, mols, t_start=15, max_steps=6, batch_size=3)
+    assert len(small) == len(mols)
+    for r, s, (_, x) in zip(big, small, mols):
+        assert s.positions.shape == x.shape
+        np.testing.assert_allclose(s.positions.mean(0), x.mean(0), atol=1e-9)
+        np.testing.assert_allclose(s.positions, r.positions, atol=1e-5, rtol=0)
+
+
+def test_order_when_molecules_finish_at_different_times(test_molecules):
+    mols = _distinct_sizes(test_molecules)
+    # molecule j converges after len(mols) - j calls: the last ones finish first
+    steps = {len(z): [100] * (len(mols) - 1 - j) + [5] for j, (z, _) in enumerate(mols)}
+    res = _run("jt", StubModel(steps), mols, max_steps=50, t_conv=10, batch_size=2)
+    for j, (r, (_, x)) in enumerate(zip(res, mols)):
+        assert r.converged and r.steps == len(mols) - j
+        assert r.t0 == (100 if j < len(mols) - 1 else 5)
+        assert r.positions.shape == x.shape
+        np.testing.assert_allclose(r.positions.mean(0), x.mean(0), atol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["jt", "itp"])
+def test_max_steps_is_respected(test_molecules, variant):
+    mols = _distinct_sizes(test_molecules)[:2]
+    res = _run(variant, StubModel({len(z): [400] for z, _ in mols}), mols, max_steps=7, t_conv=10)
+    for r in res:
+        assert r.steps == 7 and len(r.trajectory_t) == 7 and not r.converged
+
+
+@pytest.mark.parametrize("variant", ["jt", "itp", "ddpm"])
+def test_max_steps_zero_only_predicts(test_molecules, variant):
+    mols = _distinct_sizes(test_molecules)[:2]
+    kw = {"t_start": 40} if variant == "ddpm" else {}
+    res = _run(variant, StubModel({len(z): [40] for z, _ in mols}, max_calls=10), mols, max_steps=0, **kw)
+    for r, (_, x) in zip(res, mols):
+        assert (r.t0, r.steps, r.converged, r.t_final, r.trajectory_t) == (40, 0, False, 40, [40])
+        np.testing.assert_array_equal(r.positions, x)
+
+
+def test_negative_t_conv_stops_at_step_zero(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    model = StubModel({len(mols[0][0]): [0], len(mols[1][0]): [30, 20, 10, 0]}, max_calls=50)
+    r0, r1 = _run("jt", model, mols, max_steps=100, t_conv=-1)
+    assert (r0.steps, r0.converged, r0.t_final) == (0, True, 0)
+    assert (r1.steps, r1.converged, r1.t_final, r1.trajectory_t) == (3, True, 0, [30, 20, 10, 0])
+
+
+def test_generate_gives_centred_finite_structures(tiny):
+    numbers = [np.array([6, 1, 1, 1, 1]), np.array([8, 1, 1])]
+    res = generate(tiny.model, numbers, SCHEDULE, SamplerOptions(max_steps=3, seed=0), adaptive_schedule=False)
+    for r, z in zip(res, numbers):
+        assert r.positions.shape == (len(z), 3) and np.isfinite(r.positions).all()
+        np.testing.assert_allclose(r.positions.mean(0), 0.0, atol=1e-9)
+        assert r.t0 == 1000 and r.steps == 3
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _bad_and_good(test_molecules):
+    good = [Atoms(numbers=z, positions=x) for z, x in _inputs(test_molecules, range(3))]
+    silicon = good[0].copy()
+    silicon.numbers[0] = 14
+    nan = good[1].copy()
+    nan.positions[2, 1] = np.nan
+    overlap = good[2].copy()
+    overlap.positions[1] = overlap.positions[0] + [0.1, 0.0, 0.0]
+    grid = np.stack(np.meshgrid(*[np.arange(4.0) * 1.5] * 3, indexing="ij"), -1).reshape(-1, 3)
+    big = Atoms(numbers=[6] * len(grid), positions=grid)  # 64 atoms > 2 x 29
+    lonely = Atoms("C", positions=[[0.0, 0.0, 0.0]])
+    structures = [good[0], silicon, good[1], lonely, nan, overlap, big, good[2]]
+    reasons = {1: "not trained on: Si", 3: "1 atom(s)", 4: "non-finite", 5: "overlapping atoms: 0 (O) and 1 (C) are 0.100 Å apart",
+               6: "64 atoms; the model accepts at most 58"}
+    return structures, reasons
+
+
+def test_relax_reports_bad_structures_and_relaxes_the_rest(test_molecules, tiny):
+    structures, reasons = _bad_and_good(test_molecules)
+    res = morered.relax(structures, tiny, "ddpm", t_start=10, max_steps=3, trajectory=True)
+    assert len(res) == len(structures)
+    for k, (a, r) in enumerate(zip(structures, res)):
+        if k in reasons:
+            assert r.positions is None and r.trajectory is None
+            assert reasons[k] in r.error, (k, r.error)
+        else:
+            assert r.error is None and r.steps == 3
+            assert r.positions.shape == a.positions.shape
+            np.testing.assert_allclose(r.positions.mean(0), a.positions.mean(0), atol=1e-9)
+    # max_atoms overrides the default limit
+    res = morered.relax(structures[:1], tiny, "ddpm", t_start=10, max_steps=1, max_atoms=2)
+    assert "accepts at most 2" in res[0].error
+    # one structure in, one result out
+    single = morered.relax(structures[0], tiny, "ddpm", t_start=10, max_steps=1)
+    assert isinstance(single, morered.RelaxResult) and single.steps == 1
+
+
+def test_models_that_cannot_do_the_variant_are_refused(tmp_path, tiny, test_molecules):
+    from conftest import tiny_config
+    from morered.sampling.api import resolve_model
+    from morered.training.task import DiffusionTask, save_model
+
+    paths = {}
+    for kind in ("ddpm", "time"):
+        paths[kind] = tmp_path / f"{kind}.pt"
+        save_model(DiffusionTask(tiny_config(kind), {"elements": [1, 6, 7, 8, 9], "max_atoms": 29}), paths[kind])
+    ddpm, time = load_model(paths["ddpm"]), load_model(paths["time"])
+    with pytest.raises(ValueError, match="variant must be"):
+        resolve_model(tiny, "xyz")
+    for variant in ("jt", "as", "itp"):
+        with pytest.raises(ValueError, match="needs a time predictor"):
+            resolve_model(ddpm, variant)
+    with pytest.raises(ValueError, match="time-only"):
+        resolve_model(time, "ddpm")
+    with pytest.raises(ValueError, match="need a noise model and a time model"):
+        pair(time, ddpm)
+    # a DDPM model with a separate time model: MoreRed-AS / -ITP
+    atoms = [Atoms(numbers=z, positions=x) for z, x in _inputs(test_molecules, range(2))]
+    res = morered.relax(atoms, paths["ddpm"], "itp", time_model=paths["time"], max_steps=3)
+    assert all(r.error is None and r.steps <= 3 for r in res)
+    with pytest.raises(ValueError, match="no time head"):
+        morered.score(atoms, paths["ddpm"])
+    assert np.isfinite(morered.score(atoms, paths["time"])).all()
+
+
+def test_optimizer_interface_relaxes_in_place(tmp_path, test_molecules, tiny):
+    (z, x), = _inputs(test_molecules, [0])
+    atoms = Atoms(numbers=z, positions=x)
+    traj = tmp_path / "relax.extxyz"
+    opt = morered.MoreRedOptimizer(atoms, tiny, "ddpm", trajectory=traj, t_start=900)
+    converged = opt.run(steps=4)
+    assert converged is False and opt.converged() is False and opt.nsteps == 4
+    assert np.abs(atoms.positions - x).max() > 1e-2  # moved in place
+    np.testing.assert_allclose(atoms.positions.mean(0), x.mean(0), atol=1e-9)
+    frames = ase.io.read(traj, ":")
+    assert len(frames) == 5 and [f.info["step"] for f in frames] == list(range(5))
+    np.testing.assert_allclose(frames[-1].positions, atoms.positions, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot relax"):
+        morered.MoreRedOptimizer(Atoms("C", positions=[[0, 0, 0]]), tiny, "ddpm", t_start=5).run(2)
