@@ -214,9 +214,11 @@ def test_resume_continues_the_step_count(tmp_path):
     first = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["global_step"] == 6 and _adam_steps(first) == 6
 
+    wall_first = _summary(tmp_path)["wall_seconds_total"]
     cfg = tiny_config("jt", **{"trainer.max_steps": 10})
     train_mod.train(cfg, tmp_path)
     assert _summary(tmp_path)["global_step"] == 10
+    assert _summary(tmp_path)["runs"] == 2 and _summary(tmp_path)["wall_seconds_total"] > wall_first
     steps = [s for s, _ in _train_losses(tmp_path)]
     assert steps == [6, 7, 8, 9]  # the second run started at step 6, not 0
     # the first run's log is kept beside the resumed run's

@@ -153,9 +153,13 @@ def train(cfg: dict, out: str | Path) -> Path:
     trainer.save_checkpoint(last)
     if trainer.is_global_zero:
         save_model(task, out / "model.pt")
+        prev_path = out / "summary.json"
+        previous = json.loads(prev_path.read_text()) if resuming and prev_path.exists() else {}
         summary = {
             "global_step": int(trainer.global_step),
             "wall_seconds_this_run": round(wall, 1),
+            "wall_seconds_total": round(wall + float(previous.get("wall_seconds_total", previous.get("wall_seconds_this_run", 0.0))), 1),
+            "runs": int(previous.get("runs", 0)) + 1,
             "best_val_loss": None if task.best_val == float("inf") else task.best_val,
             "skipped_batches": int(task.n_skipped),
             "parameters": n_par,
