@@ -114,6 +114,20 @@ def _round_steps(t_norm: torch.Tensor, T: int) -> torch.Tensor:
     return torch.round(t_norm.detach().double().clamp(0.0, 1.0) * T).long().cpu()
 
 
+@torch.no_grad()
+def predict_steps(model, molecules, T: int, batch_size: int, device, dtype=torch.float32) -> torch.Tensor:
+    """Predicted diffusion step (0..T, long) of each molecule, in batches."""
+    from morered.data.batch import collate, to_device
+
+    out = []
+    for s in range(0, len(molecules), batch_size):
+        chunk = molecules[s:s + batch_size]
+        b = to_device(collate([x for _, x in chunk], [z for z, _ in chunk]), device)
+        b[P.R] = b[P.R].to(dtype)
+        out.append(_round_steps(model(b)[P.t_pred], T))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def _run(
     model: Callable,
     molecules: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -143,6 +157,11 @@ def _run(
     def finish(k: int, x: np.ndarray, converged: bool, t_final: int):
         results[k] = Relaxed(x + centres[k], int(t0[k]), int(steps[k]), bool(converged), int(t_final), traj_t[k])
 
+    if variant == "ddpm":
+        t_cur[:] = int(o.t_start)
+    elif variant == "itp":  # predict each molecule's step once, up front, in batches
+        t_cur[:] = predict_steps(model, molecules, T, o.batch_size, device, dtype)
+
     while pending or len(pool):
         # refill the pool
         new = []
@@ -159,12 +178,6 @@ def _run(
                 out = model(batch)  # noise conditioned on the model's own step prediction
                 t_hat = _round_steps(out[P.t_pred], T)
             else:
-                fresh = t_cur[mol] < 0
-                if bool(fresh.any()):
-                    if variant == "ddpm":
-                        t_cur[mol[fresh]] = int(o.t_start)
-                    else:  # itp: predict the step once
-                        t_cur[mol[fresh]] = _round_steps(model(batch)[P.t_pred], T)[fresh]
                 t_hat = t_cur[mol].clone()
                 out = model(batch, (t_hat.double() / T).to(device=device, dtype=dtype))
         first = t0[mol] < 0
