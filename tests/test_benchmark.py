@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from morered.evaluation import benchmark as B
-from morered.evaluation.baselines import RelaxResult
+from morered.evaluation.baselines import BaselineResult
 
 
 def read_rows(path):
@@ -24,8 +24,9 @@ def test_tiny_end_to_end(tmp_path, tiny_model_path):
     for name in ("results.csv", "summary.md", "summary.json", "ratio_boxplot.png", "rmsd_before_after.png"):
         assert (out / name).stat().st_size > 0, name
     rows = read_rows(out / "results.csv")
-    ran = [m for m in ("identity", "mmff", "jt") if m not in res["skipped"]]
-    assert "identity" in ran and "mmff" in ran
+    assert res["skipped"] == {}  # MoreRed-JT really ran, not silently skipped
+    ran = ["identity", "mmff", "jt"]
+    assert {r["method"] for r in rows} == set(ran)
     assert len(rows) == 3 * 2 * len(ran)  # every method on every input: nothing dropped
     # the same inputs for every method: the input RMSD agrees across methods
     by = {(r["method"], r["kind"], r["mol_id"]): r for r in rows}
@@ -56,6 +57,51 @@ def test_missing_tools_and_models_are_skipped(tmp_path, monkeypatch):
     assert "## Skipped methods" in md and "- xtb: xtb: tblite not installed" in md
 
 
+def test_as_needs_a_time_model(tmp_path, tiny_model_path, capsys):
+    """A JT model alone cannot run AS (skipped, with the reason); paired with a separate time
+    model (--time-model) it can."""
+    res = B.run_relax_benchmark(n=2, out=tmp_path / "alone", methods=("identity", "as"), kinds=("diffused_50",),
+                                max_steps=3, model=str(tiny_model_path), progress=False, cache=False)
+    assert "separate time and noise networks" in res["skipped"]["as"]
+    assert {r["method"] for r in res["rows"]} == {"identity"}
+
+    from morered.cli import main
+
+    rc = main(["benchmark", "relax", "--n", "2", "--methods", "as", "--kinds", "diffused_50", "--max-steps", "3",
+               "--model", str(tiny_model_path), "--time-model", str(tiny_model_path),
+               "--out", str(tmp_path / "paired"), "--quiet", "--no-cache"])
+    assert rc == 0
+    assert "| as | diffused_50 | 2 |" in capsys.readouterr().out
+    assert {r["method"] for r in read_rows(tmp_path / "paired" / "results.csv")} == {"as"}
+
+
+def test_morered_errors(tmp_path, tiny_model_path, monkeypatch):
+    """A structure MoreRed reports an error for is a failure row; an exception from relax is a
+    bug and propagates."""
+    from morered.sampling.api import RelaxResult
+
+    real = B.relax
+
+    def one_rejected(atoms, **kw):
+        out = real(atoms, **kw)
+        out[1] = RelaxResult(None, error="rejected")
+        return out
+
+    monkeypatch.setattr(B, "relax", one_rejected)
+    res = B.run_relax_benchmark(n=3, out=tmp_path, methods=("jt",), kinds=("diffused_50",), max_steps=3,
+                                model=str(tiny_model_path), progress=False, cache=False)
+    assert [r["error"] for r in res["rows"]] == [None, "rejected", None]
+    assert res["rows"][1]["failure"] and res["rows"][1]["ratio"] == math.inf
+
+    def broken(atoms, **kw):
+        raise RuntimeError("sampler bug")
+
+    monkeypatch.setattr(B, "relax", broken)
+    with pytest.raises(RuntimeError, match="sampler bug"):
+        B.run_relax_benchmark(n=2, out=tmp_path, methods=("jt",), kinds=("diffused_50",), max_steps=3,
+                              model=str(tiny_model_path), progress=False, cache=False)
+
+
 def test_failed_structure_counts_as_failure(tmp_path, monkeypatch):
     """A method that errors on one structure: that row is a failure with ratio inf, still in the
     table and in n."""
@@ -65,7 +111,7 @@ def test_failed_structure_counts_as_failure(tmp_path, monkeypatch):
     def flaky(numbers, positions, ref_positions, max_steps, **opts):
         calls["n"] += 1
         if calls["n"] == 2:
-            return RelaxResult(None, 0, False, 0.0, "RuntimeError: exploded")
+            return BaselineResult(None, 0, False, 0.0, "RuntimeError: exploded")
         return real(numbers, positions, ref_positions, max_steps)
 
     monkeypatch.setitem(B.BASELINES, "identity", flaky)

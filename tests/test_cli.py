@@ -276,3 +276,14 @@ def test_train_relax_score_end_to_end(tmp_path, test_molecules, capsys):
     assert main(["score", str(out), "--model", str(run / "best.pt")]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["name"] for r in rows] == ["mol0", "mol1", "mol2"] and all(r["t"] for r in rows)
+
+
+def test_unwritable_output_format_is_refused_before_any_work(tmp_path, capsys):
+    from morered.cli import main
+
+    src = tmp_path / "in.xyz"
+    ase.io.write(src, [Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])])
+    assert main(["relax", str(src), "-o", str(tmp_path / "out.unknownformat"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "unknownformat" in err
+    assert not (tmp_path / "out.unknownformat").exists()

@@ -299,6 +299,27 @@ def test_read_user_inputs(refs, tmp_path):
     np.testing.assert_array_equal(s.numbers[1], refs.numbers[1])
     x2, r2 = read_user_inputs(tmp_path / "inputs.extxyz", tmp_path / "refs.sdf")
     np.testing.assert_allclose(r2.positions[0], refs.positions[2], atol=1e-4)
+    # an SDF property as id (text as written), an empty title falls back to the index
+    w = Chem.SDWriter(str(tmp_path / "props.sd"))
+    for k in range(3):
+        mol, _ = perceive_bonds(refs.numbers[k], refs.positions[k])
+        if k != 1:
+            mol.SetProp("mol_id", f"00{k}")
+        w.write(mol)
+    w.close()
+    assert list(read_structures(tmp_path / "props.sd", "mol_id").ids) == ["000", "1", "002"]
+    # a molecule without its hydrogens cannot be a benchmark structure
+    from rdkit.Chem import AllChem
+
+    heavy = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.EmbedMolecule(heavy, randomSeed=0)
+    heavy = Chem.RemoveHs(heavy)  # C, C, O with implicit hydrogens
+    w = Chem.SDWriter(str(tmp_path / "heavy.sdf"))
+    w.write(mol)
+    w.write(heavy)
+    w.close()
+    with pytest.raises(ValueError, match="record 1 .*implicit hydrogens"):
+        read_structures(tmp_path / "heavy.sdf")
 
     # an input whose atoms differ from its reference is refused
     bad = inp[0].copy()

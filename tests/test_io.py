@@ -114,6 +114,32 @@ def test_duplicate_names_made_unique(tmp_path):
     assert [r.name for r in read_structures(tmp_path / "dup.xyz")] == ["water:0", "water:1"]
 
 
+def test_output_keeps_the_input_names_not_the_unique_ones(tmp_path):
+    """Duplicate names are made unique for error reports only; the written file keeps them."""
+    frames = _frames() + [Atoms("OH2", positions=WATER)]  # the third has no name
+    frames[1].info["name"] = "water"
+    ase.io.write(tmp_path / "dup.extxyz", frames)
+    records = read_structures(tmp_path / "dup.extxyz")
+    assert [r.name for r in records] == ["water:0", "water:1", "dup.extxyz:2"]
+    for ext in ("extxyz", "db"):
+        write_structures(tmp_path / f"out.{ext}", records, _results(records))
+        back = [r.atoms.info for r in read_structures(tmp_path / f"out.{ext}")]
+        assert [info.get("name") for info in back] == ["water", "water", None], ext
+
+    src = tmp_path / "dup.sdf"
+    _write_sdf(src, [_ethanol("aspirin"), _ethanol("aspirin"), _ethanol("")])
+    records = read_structures(src)
+    assert [r.name for r in records] == ["aspirin:0", "aspirin:1", "dup.sdf:2"]
+    write_structures(tmp_path / "out.sdf", records, _results(records))
+    titles = [m.GetProp("_Name") for m in Chem.SDMolSupplier(str(tmp_path / "out.sdf"), sanitize=False)]
+    assert titles == ["aspirin", "aspirin", ""]
+    # SDF written from xyz: the title is info["name"], empty without one
+    xyz_records = read_structures(tmp_path / "dup.extxyz")
+    write_structures(tmp_path / "from_xyz.sdf", xyz_records, _results(xyz_records))
+    back = Chem.SDMolSupplier(str(tmp_path / "from_xyz.sdf"), removeHs=False, sanitize=False)
+    assert [m.GetProp("_Name") for m in back] == ["water", "water", ""]
+
+
 def test_db_round_trip_keeps_key_value_pairs(tmp_path):
     src = tmp_path / "in.db"
     with ase.db.connect(src) as db:
@@ -146,6 +172,8 @@ def test_sdf_round_trip_keeps_bonds_and_properties(tmp_path):
     records = read_structures(src)
     assert [r.name for r in records] == ["ethanol", "ethanol-2"]
     assert records[0].mol is not None
+    (tmp_path / "in.sd").write_text(src.read_text())  # .sd is SDF too
+    assert [r.name for r in read_structures(tmp_path / "in.sd")] == ["ethanol", "ethanol-2"]
     assert records[0].atoms.info["cid"] == "00702"  # identifiers with leading zeros stay text
     assert records[0].atoms.info["energy_dft"] == pytest.approx(-154.9)
 
@@ -184,6 +212,35 @@ def test_bad_sdf_record_becomes_error_record(tmp_path):
     assert "RDKit" in records[1].error
     assert records[0].error is None and records[2].name == "other"
     assert len(records[2].atoms) == 9
+
+
+def test_sdf_without_explicit_hydrogens_is_an_error_record(tmp_path):
+    heavy = Chem.RemoveHs(_ethanol("skeleton"))  # C, C, O with implicit hydrogens
+    radical = Chem.AddHs(Chem.MolFromSmiles("[CH2]O"))  # a radical: no hydrogen to add
+    AllChem.EmbedMolecule(radical, randomSeed=1)
+    radical.SetProp("_Name", "radical")
+    src = tmp_path / "mixed.sdf"
+    _write_sdf(src, [_ethanol(), heavy, radical])
+    records = read_structures(src)
+    assert [r.error is None for r in records] == [True, False, True]
+    assert records[1].name == "skeleton" and records[1].atoms is None
+    assert records[1].error.startswith("6 implicit hydrogens: add explicit hydrogens")
+    assert len(records[2].atoms) == 5
+
+    # only skeletons: nothing to relax, and the reason names the problem
+    _write_sdf(tmp_path / "heavy.sdf", [heavy])
+    with pytest.raises(StructureReadError, match="implicit hydrogens"):
+        read_structures(tmp_path / "heavy.sdf")
+
+    # without bonds RDKit cannot know valences: all-atom structures are not flagged
+    no_bonds = Chem.RWMol(_ethanol("no bonds"))
+    for b in list(no_bonds.GetBonds()):
+        no_bonds.RemoveBond(b.GetBeginAtomIdx(), b.GetEndAtomIdx())
+    for a in no_bonds.GetAtoms():
+        a.SetNoImplicit(False)
+    _write_sdf(tmp_path / "no_bonds.sdf", [no_bonds])
+    (rec,) = read_structures(tmp_path / "no_bonds.sdf")
+    assert rec.error is None and len(rec.atoms) == 9
 
 
 def test_failed_records_go_to_the_errors_file(tmp_path):

@@ -392,3 +392,83 @@ def test_optimizer_interface_relaxes_in_place(tmp_path, test_molecules, tiny):
     np.testing.assert_allclose(frames[-1].positions, atoms.positions, atol=1e-6)
     with pytest.raises(ValueError, match="cannot relax"):
         morered.MoreRedOptimizer(Atoms("C", positions=[[0, 0, 0]]), tiny, "ddpm", t_start=5).run(2)
+
+
+# ------------------------------------------------------------------------ non-finite and limits
+class NaNNoiseStub(StubModel):
+    """A StubModel whose noise is NaN for molecules with ``nan_size`` atoms."""
+
+    def __init__(self, steps, nan_size):
+        super().__init__(steps)
+        self.nan_size = nan_size
+
+    def forward(self, batch, t_norm=None):
+        out = super().forward(batch, t_norm)
+        n_per_atom = batch[P.n_atoms][batch[P.idx_m]]
+        out[P.eps_pred] = torch.where((n_per_atom == self.nan_size)[:, None], float("nan"), out[P.eps_pred])
+        return out
+
+
+@pytest.mark.parametrize("variant", ["jt", "itp"])
+def test_non_finite_predictions_are_errors_not_convergence(test_molecules, variant):
+    mols = _distinct_sizes(test_molecules)[:4]
+    n = [len(z) for z, _ in mols]
+    nan = float("nan")
+    # molecule 0: NaN step at once; 1: fine; 2: NaN on its second prediction (AS/JT only);
+    # 3: NaN noise
+    model = NaNNoiseStub({n[0]: [nan], n[1]: [30], n[2]: [30, nan], n[3]: [30]}, nan_size=n[3])
+    res = _run(variant, model, mols, t_conv=5, max_steps=50)
+    for k in (0, 3):
+        assert res[k].error is not None and "non-finite" in res[k].error
+        assert res[k].positions is None and not res[k].converged
+    assert res[1].error is None and np.isfinite(res[1].positions).all()
+    if variant == "jt":
+        assert res[2].error is not None and res[2].steps == 1
+    else:  # ITP predicts once: the NaN second prediction is never asked for
+        assert res[2].error is None
+
+
+def test_relax_reports_sampler_errors(test_molecules, tiny, monkeypatch):
+    from morered.sampling import api
+
+    mols = _inputs(test_molecules, range(2))
+    atoms = [Atoms(numbers=z, positions=x) for z, x in mols]
+    real = api.SAMPLERS["jt"]
+
+    def nan_first(model, molecules, schedule, options, callback=None):
+        out = real(model, molecules, schedule, options, callback)
+        out[0].positions, out[0].error = None, "the model gave non-finite values after 0 steps"
+        return out
+
+    monkeypatch.setitem(api.SAMPLERS, "jt", nan_first)
+    res = morered.relax(atoms, tiny, "jt", max_steps=3)
+    assert res[0].error and res[0].positions is None
+    assert res[1].error is None and res[1].positions is not None
+
+
+def test_ddpm_refuses_a_start_step_outside_the_schedule(test_molecules, tiny):
+    mols = _inputs(test_molecules, range(2))
+    for bad in (-1, 1001):
+        with pytest.raises(ValueError, match="t_start"):
+            _run("ddpm", tiny.model, mols, t_start=bad)
+
+
+def test_as_refuses_a_joint_model(test_molecules, tiny):
+    atoms = Atoms(numbers=_inputs(test_molecules, range(1))[0][0], positions=_inputs(test_molecules, range(1))[0][1])
+    with pytest.raises(ValueError, match="AS needs separate"):
+        morered.relax(atoms, tiny, "as")
+    assert morered.relax(atoms, tiny, "as", time_model=tiny, max_steps=2).error is None  # a pair is fine
+
+
+def test_trajectory_frames_carry_the_step_used_from_them(test_molecules, tiny, tmp_path):
+    z, x = _inputs(test_molecules, range(1))[0]
+    atoms = Atoms(numbers=z, positions=x)
+    r = morered.relax(atoms, tiny, "itp", trajectory=True, max_steps=4)
+    labels = r.frame_steps()
+    assert len(labels) == len(r.trajectory) == r.steps + 1
+    assert labels[: len(r.trajectory_t)] == r.trajectory_t  # frame k is where step trajectory_t[k] starts
+    assert labels[0] == r.t0 and labels[-1] == r.t_final == r.t0 - r.steps
+    opt = morered.MoreRedOptimizer(atoms.copy(), tiny, "itp", trajectory=tmp_path / "t.extxyz")
+    opt.run(steps=4)
+    frames = ase.io.read(tmp_path / "t.extxyz", ":")
+    assert [f.info["t_hat"] for f in frames] == labels

@@ -339,3 +339,11 @@ def test_training_stops_when_every_batch_is_bad(tmp_path, monkeypatch):
     monkeypatch.setattr(task_mod.DiffusionTask, "losses", nan_losses)
     with pytest.raises(RuntimeError, match="in a row"):
         train_mod.train(tiny_config("jt", **{"trainer.max_steps": 5}), tmp_path)
+
+
+def test_fp16_loss_scaling_is_refused_with_a_reason():
+    from morered.training.config import load_config
+
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        load_config(None, {"trainer.precision": "16-mixed"})
+    assert load_config(None, {"trainer.precision": "bf16-mixed"})["trainer"]["precision"] == "bf16-mixed"

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from morered.sampling.samplers import DEFAULT_T_CONV
+
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a diffusion (ddpm), time (time) or joint (jt) model")
@@ -65,6 +67,8 @@ def _add_model_flags(p):
     p.add_argument("--time-model", help="separate time predictor paired with a noise-only --model (AS/ITP)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-atoms", type=int, help="largest structure accepted (default: twice the largest "
+                   "training molecule, 58 atoms for the shipped QM9 models)")
 
 
 def _add_relax(sub):
@@ -78,7 +82,7 @@ def _add_relax(sub):
     _add_model_flags(p)
     p.add_argument("--variant", choices=["jt", "as", "itp", "ddpm"], default="jt")
     p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--t-conv", type=int, default=None, help="AS/JT convergence threshold (default %d)" % 10)
+    p.add_argument("--t-conv", type=int, default=None, help="AS/JT convergence threshold (default: %d)" % DEFAULT_T_CONV)
     p.add_argument("--t-start", type=int, help="ddpm only: the diffusion step the inputs are at")
     p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step")
     p.add_argument("--seed", type=int, default=0)
@@ -132,11 +136,17 @@ def _relax(args) -> int:
 
     import numpy as np
 
-    from morered.io import errors_path, write_errors, write_structures, write_trajectory
-    from morered.sampling.api import DEFAULT_T_CONV, relax
+    from morered.io import check_output_format, errors_path, write_errors, write_structures, write_trajectory
+    from morered.sampling.api import relax, resolve_model
 
     if args.variant == "ddpm" and args.t_start is None:
         print("error: --variant ddpm needs --t-start", file=sys.stderr)
+        return EXIT_FATAL
+    try:  # everything that can be refused is refused before any work is done
+        check_output_format(args.output)
+        model = resolve_model(args.model, args.variant, args.device, args.time_model)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_FATAL
     records = _read_or_exit(args.input)
     if records is None:
@@ -144,12 +154,12 @@ def _relax(args) -> int:
     ok = [k for k, r in enumerate(records) if r.error is None]
     t0 = time.time()
     try:
-        res = relax([records[k].atoms for k in ok], args.model, args.variant, time_model=args.time_model,
+        res = relax([records[k].atoms for k in ok], model, args.variant,
                     max_steps=args.max_steps, t_conv=DEFAULT_T_CONV if args.t_conv is None else args.t_conv,
                     t_start=args.t_start, stochastic=args.stochastic, batch_size=args.batch_size,
                     seed=args.seed, device=args.device, trajectory=bool(args.trajectory),
-                    progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
+                    max_atoms=args.max_atoms, progress=not args.no_progress)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FATAL
     wall = time.time() - t0
@@ -166,7 +176,7 @@ def _relax(args) -> int:
             Path(args.trajectory).mkdir(parents=True, exist_ok=True)
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in records[k].name)
             write_trajectory(Path(args.trajectory) / f"{k:05d}_{safe}.extxyz", records[k].atoms.numbers,
-                             r.trajectory, [r.t0] + list(r.trajectory_t or [])[: len(r.trajectory) - 1], records[k].name)
+                             r.trajectory, r.frame_steps(), records[k].name)
     failed = write_structures(args.output, records, results)
     done = [r for r in res if r.error is None]
     n_conv = sum(r.converged for r in done)
@@ -213,13 +223,19 @@ def _score(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FATAL
+    limit = args.max_atoms or 2 * lm.max_atoms
+    for r in records:
+        if r.error is None:
+            r.error = validate(r.atoms, elements=lm.elements, max_atoms=limit)
     ok = [k for k, r in enumerate(records) if r.error is None]
-    s = score([records[k].atoms for k in ok], lm, batch_size=args.batch_size, device=args.device) if ok else []
+    s = score([records[k].atoms for k in ok], lm, batch_size=args.batch_size, device=args.device,
+              max_atoms=limit) if ok else []
+    t_of = dict(zip(ok, s))
     rows = []
     ab = lm.schedule.alpha_bar
     for k, r in enumerate(records):
-        reason = r.error or validate(r.atoms, elements=lm.elements, max_atoms=2 * lm.max_atoms)
-        t = s[ok.index(k)] if k in ok else float("nan")
+        reason = r.error
+        t = t_of.get(k, float("nan"))
         if reason is not None or not math.isfinite(t):
             rows.append({"index": k, "name": r.name, "t": "", "rmsd_equiv": "", "error": reason or "not scored"})
         else:

@@ -4,8 +4,9 @@ Formats are chosen by file extension:
 
 - ``.xyz`` / ``.extxyz``: extended XYZ (many frames, per-frame ``key=value`` metadata);
 - ``.db``: ASE database (key-value pairs become metadata);
-- ``.sdf`` / ``.mol``: RDKit, read without sanitisation so that unusual molecules still load;
-  a record RDKit cannot parse becomes a :class:`Record` with an ``error``;
+- ``.sdf`` / ``.sd`` / ``.mol``: RDKit, read without sanitisation so that unusual molecules still load;
+  a record RDKit cannot parse, or one with implicit hydrogens (MoreRed needs every atom in 3D),
+  becomes a :class:`Record` with an ``error``;
 - anything else ASE can read (``.traj``, ``.pdb``, ``.cif``, ``.json``, ...) through ``ase.io``.
 
 Every structure becomes a :class:`Record`; per-structure metadata lives in ``record.atoms.info``.
@@ -44,6 +45,7 @@ __all__ = [
     "mol_from_atoms",
     "mol_with_positions",
     "write_trajectory",
+    "check_output_format",
 ]
 
 PathLike = str | os.PathLike
@@ -56,6 +58,8 @@ class Record:
     Attributes:
         name: unique name within the file: the SDF title, ``atoms.info["name"]`` or
             ``atoms.info["id"]``, else ``"<file name>:<index>"``; duplicates get ``":<index>"``.
+            For error reports and file names only: written output keeps the original title /
+            ``info["name"]``.
         index: position in the file (0-based), whatever ``index`` selection was read.
         atoms: the structure (positions in Å) with its metadata in ``atoms.info``, or None when
             the record could not be read.
@@ -163,15 +167,38 @@ def _read_sdf(path: Path, fmt: str) -> list[Record]:
                                   f"{reason}: {messages}" if messages else reason))
             continue
         atoms = atoms_from_mol(mol)
-        records.append(Record(_name_from_info(atoms.info, path, i), i, atoms, mol))
+        name = _name_from_info(atoms.info, path, i)
+        n_implicit = _implicit_hydrogens(mol)
+        if n_implicit:
+            records.append(Record(name, i, None, None,
+                                  f"{n_implicit} implicit hydrogens: add explicit hydrogens "
+                                  "(e.g. RDKit Chem.AddHs with 3D coordinates)"))
+            continue
+        records.append(Record(name, i, atoms, mol))
     if not records and path.stat().st_size:
         raise StructureReadError(path, "no SDF/MOL record found")
     return records
 
 
+def _implicit_hydrogens(mol: Chem.Mol) -> int:
+    """Hydrogens RDKit would add to ``mol`` (atoms missing from the structure), 0 if unknown.
+
+    A molecule without bonds is not checked (its valences cannot be known), nor one whose
+    valences RDKit cannot compute. Radicals and atoms with a valence field count no hydrogens.
+    """
+    if mol.GetNumBonds() == 0:
+        return 0
+    try:
+        mol.UpdatePropertyCache(strict=False)
+        return sum(a.GetNumImplicitHs() for a in mol.GetAtoms())
+    except Exception:  # RDKit raises several types for valences it cannot handle
+        return 0
+
+
 _READERS: dict[str, Callable[[Path, str], list[Record]]] = {
     "db": _read_db,
     "sdf": _read_sdf,
+    "sd": _read_sdf,
     "mol": _read_sdf,
 }
 
@@ -470,7 +497,6 @@ def _relaxed_atoms(record: Record, positions: np.ndarray, fields: dict[str, Any]
     atoms = record.atoms.copy()  # without the calculator: old energies/forces no longer apply
     atoms.positions = positions
     atoms.info.update(fields)
-    atoms.info["name"] = record.name
     return atoms
 
 
@@ -540,12 +566,12 @@ def _write_sdf(path: Path, fmt: str, items: list[_Item]) -> None:
                 atoms = _relaxed_atoms(record, positions, fields)
                 mol = mol_from_atoms(atoms)
                 props = {k: v for k, v in atoms.info.items() if k != "name"}
+                mol.SetProp("_Name", _sdf_text(atoms.info.get("name", "")).replace("\n", " "))
             for key, value in props.items():
                 value = _plain(value)
                 if value is not None:
                     mol.SetProp(_sdf_key(key), _sdf_text(value))
-            mol.SetProp("_Name", record.name)
-            writer.write(mol)
+            writer.write(mol)  # the title is the input's (record.mol keeps its _Name)
     finally:
         writer.close()
 
@@ -567,6 +593,7 @@ _WRITERS: dict[str, Callable[[Path, str, list[_Item]], None]] = {
     "extxyz": _write_extxyz,
     "db": _write_db,
     "sdf": _write_sdf,
+    "sd": _write_sdf,
 }
 
 
@@ -587,3 +614,9 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(_text(_plain(v)) for v in value)
     return str(value)
+
+
+def check_output_format(path: PathLike) -> str:
+    """The format :func:`write_structures` will use for ``path``; ValueError if it cannot write
+    one (call before doing the work whose result goes there)."""
+    return _output_format(Path(path))

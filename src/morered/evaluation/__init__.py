@@ -5,13 +5,13 @@ sampler (relaxed structures) -> :mod:`.rmsd` / :mod:`.energies` (scores) -> :mod
 (CSV, Markdown, plots); :func:`run_relax_benchmark` runs the whole chain.
 """
 
-from morered.evaluation.baselines import BASELINES, RelaxResult, available
+from morered.evaluation.baselines import BASELINES, BaselineResult, available
 from morered.evaluation.benchmark import run_relax_benchmark, score
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_align, kabsch_rmsd, rmsd_ratio
 
 __all__ = [
     "BASELINES",
-    "RelaxResult",
+    "BaselineResult",
     "available",
     "heavy_atoms",
     "is_failure",

@@ -1,7 +1,7 @@
 """Physics-based relaxation baselines with one signature (SPEC §7).
 
 Every baseline is ``relax_<method>(numbers, positions, ref_positions, max_steps, **opts) ->
-RelaxResult``.  ``ref_positions`` is only used where a method needs the molecule's bonds (MMFF94
+BaselineResult``.  ``ref_positions`` is only used where a method needs the molecule's bonds (MMFF94
 perceives them from the reference geometry, as a user would from a known structure); the
 positions it returns never depend on the reference otherwise.  A method that raises on a
 structure returns a result with ``positions=None`` and ``error`` set: the caller counts it as a
@@ -22,7 +22,7 @@ import numpy as np
 
 
 @dataclass
-class RelaxResult:
+class BaselineResult:
     """Outcome of relaxing one structure.
 
     Attributes:
@@ -44,8 +44,8 @@ class RelaxResult:
     threads: int = 1
 
 
-def _error(e: BaseException, t0: float, threads: int = 1) -> RelaxResult:
-    return RelaxResult(None, 0, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}", threads=threads)
+def _error(e: BaseException, t0: float, threads: int = 1) -> BaselineResult:
+    return BaselineResult(None, 0, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}", threads=threads)
 
 
 def omp_threads() -> int:
@@ -60,11 +60,11 @@ def omp_threads() -> int:
 # ---------------------------------------------------------------------------- identity
 
 
-def relax_identity(numbers, positions, ref_positions=None, max_steps: int = 0, **opts) -> RelaxResult:
+def relax_identity(numbers, positions, ref_positions=None, max_steps: int = 0, **opts) -> BaselineResult:
     """Return the input unchanged (the "do nothing" baseline: ratio 1 by construction)."""
     t0 = time.perf_counter()
     x = np.array(positions, dtype=np.float64)
-    return RelaxResult(x, 0, True, time.perf_counter() - t0)
+    return BaselineResult(x, 0, True, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------- MMFF94 (RDKit)
@@ -89,22 +89,6 @@ def _quiet_c_output():
             os.close(old)
 
 
-def _rdkit_mol(numbers, positions):
-    from rdkit import Chem
-    from rdkit.Geometry import Point3D
-
-    mol = Chem.RWMol()
-    for z in numbers:
-        atom = Chem.Atom(int(z))
-        atom.SetNoImplicit(True)  # every hydrogen is explicit in the coordinates
-        mol.AddAtom(atom)
-    conf = Chem.Conformer(len(numbers))
-    for i, p in enumerate(np.asarray(positions, dtype=np.float64)):
-        conf.SetAtomPosition(i, Point3D(*map(float, p)))
-    mol.AddConformer(conf, assignId=True)
-    return mol
-
-
 def perceive_bonds(numbers, ref_positions, charge: int = 0):
     """An RDKit molecule with bonds and bond orders perceived from a (reference) geometry.
 
@@ -116,19 +100,23 @@ def perceive_bonds(numbers, ref_positions, charge: int = 0):
     Returns:
         ``(mol, how)`` with ``how`` in ``{"xyz2mol", "hueckel", "connectivity"}``.
     """
+    from ase import Atoms
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdDetermineBonds
 
+    from morered.io import mol_from_atoms
+
     RDLogger.DisableLog("rdApp.*")
+    atoms = Atoms(numbers=np.asarray(numbers, int), positions=np.asarray(ref_positions, np.float64))
     for how, kw in (("xyz2mol", {}), ("hueckel", {"useHueckel": True})):
-        mol = _rdkit_mol(numbers, ref_positions)
+        mol = mol_from_atoms(atoms, bonds=False)
         try:
             with _quiet_c_output() if kw else contextlib.nullcontext():
                 rdDetermineBonds.DetermineBonds(mol, charge=charge, **kw)
             return mol, how
         except Exception:  # RDKit raises ValueError/RuntimeError variants; try the next method
             continue
-    mol = _rdkit_mol(numbers, ref_positions)
+    mol = mol_from_atoms(atoms, bonds=False)
     rdDetermineBonds.DetermineConnectivity(mol)
     try:
         Chem.SanitizeMol(mol)
@@ -138,7 +126,7 @@ def perceive_bonds(numbers, ref_positions, charge: int = 0):
     return mol, "connectivity"
 
 
-def relax_mmff(numbers, positions, ref_positions, max_steps: int = 1000, charge: int = 0, **opts) -> RelaxResult:
+def relax_mmff(numbers, positions, ref_positions, max_steps: int = 1000, charge: int = 0, **opts) -> BaselineResult:
     """MMFF94 minimisation with RDKit, bonds perceived from the reference geometry.
 
     The paper used Open Babel's MMFF94; RDKit's implementation of the same force field is used
@@ -171,7 +159,7 @@ def relax_mmff(numbers, positions, ref_positions, max_steps: int = 1000, charge:
         x = np.asarray(ff.Positions(), dtype=np.float64).reshape(-1, 3)
         if not np.isfinite(x).all():
             raise FloatingPointError("MMFF94 produced non-finite positions")
-        return RelaxResult(x, len(snapshots), code == 0, time.perf_counter() - t0)
+        return BaselineResult(x, len(snapshots), code == 0, time.perf_counter() - t0)
     except Exception as e:  # a structure the method cannot handle is a failure, reported
         return _error(e, t0)
 
@@ -188,7 +176,7 @@ def xtb_calculator(charge: int = 0, method: str = "GFN2-xTB", **kw):
 
 def relax_xtb(
     numbers, positions, ref_positions=None, max_steps: int = 1000, fmax: float = 0.005, charge: int = 0, **opts
-) -> RelaxResult:
+) -> BaselineResult:
     """GFN2-xTB (tblite) minimisation with ASE's L-BFGS until max |F| < ``fmax`` (eV/Å).
 
     ``energy_xtb`` of the result is the final GFN2-xTB energy (eV).  Extra ``opts`` go to the
@@ -208,14 +196,14 @@ def relax_xtb(
         if not np.isfinite(x).all():
             raise FloatingPointError("GFN2-xTB relaxation produced non-finite positions")
         energy = float(atoms.get_potential_energy())
-        return RelaxResult(x, int(opt.nsteps), converged, time.perf_counter() - t0, None, energy, threads)
+        return BaselineResult(x, int(opt.nsteps), converged, time.perf_counter() - t0, None, energy, threads)
     except Exception as e:  # SCF failures etc.: a reported failure
         return _error(e, t0, threads)
 
 
 # ---------------------------------------------------------------------------- registry
 
-BASELINES: dict[str, Callable[..., RelaxResult]] = {
+BASELINES: dict[str, Callable[..., BaselineResult]] = {
     "identity": relax_identity,
     "mmff": relax_mmff,
     "xtb": relax_xtb,

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from morered.evaluation.baselines import BASELINES, RelaxResult, available, omp_threads
+from morered.evaluation.baselines import BASELINES, BaselineResult, available, omp_threads
 from morered.evaluation.inputs import Structures, input_settings, make_inputs, qm9_references, read_user_inputs
 from morered.evaluation.report import summarize, write_report
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_rmsd, rmsd_ratio
+from morered.sampling.api import relax, resolve_model
 
 #: MoreRed variants, run through :func:`morered.sampling.api.relax`
 MORERED = ("jt", "as", "itp")
@@ -54,29 +55,20 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _morered_relax(variants, model):
-    """``(relax, {variant: model to pass}, {variant: reason skipped})``.
+def _morered_models(variants, model, time_model):
+    """``({variant: loaded model}, {variant: reason skipped})``.
 
-    The model of each variant is loaded once up front (``morered.sampling.api.resolve_model``),
-    so that a missing model file or a model without the heads a variant needs makes the variant
+    The model of each variant is loaded once up front, so that a missing model file or a model
+    unsuitable for a variant (e.g. AS without separate time and noise networks) makes the variant
     *skipped*, not a column of failures; the loaded model is then reused for every input kind.
     """
-    try:
-        from morered.sampling import api
-    except Exception as e:  # ImportError, or an error while importing the sampler
-        why = f"morered.sampling.api not importable: {type(e).__name__}: {e}"
-        return None, {}, {v: why for v in variants}
     models, skipped = {}, {}
-    resolve = getattr(api, "resolve_model", None)
     for v in variants:
-        if resolve is None:
-            models[v] = model
-            continue
         try:
-            models[v] = resolve(model, v)
-        except Exception as e:  # missing model file, wrong heads...
+            models[v] = resolve_model(model, v, time_model=time_model)
+        except (OSError, ValueError) as e:  # missing model file, wrong heads...
             skipped[v] = f"no usable model: {type(e).__name__}: {e}"
-    return api.relax, models, skipped
+    return models, skipped
 
 
 def _run_baseline(method, inputs: Structures, refs: Structures, valid, max_steps, fmax, progress):
@@ -94,32 +86,19 @@ def _run_baseline(method, inputs: Structures, refs: Structures, valid, max_steps
     return results, wall, threads
 
 
-def _run_morered(relax, variant, inputs: Structures, valid, model, max_steps, seed, batch_size):
+def _run_morered(variant, inputs: Structures, valid, model, max_steps, seed, batch_size):
     import torch
 
     atoms = [inputs.atoms(k) for k in valid]
     t0 = time.perf_counter()
-    try:
-        out = relax(atoms, model=model, variant=variant, max_steps=max_steps, seed=seed,
-                    batch_size=batch_size, trajectory=False)  # trajectory_t comes anyway
-        out = list(out)
-        if len(out) != len(atoms):
-            raise RuntimeError(f"relax returned {len(out)} results for {len(atoms)} structures")
-        error = None
-    except Exception as e:  # the whole batch failed: every structure is a failure
-        out, error = [None] * len(atoms), f"{type(e).__name__}: {e}"
+    out = relax(atoms, model=model, variant=variant, max_steps=max_steps, seed=seed,
+                batch_size=batch_size, trajectory=False)  # trajectory_t comes anyway
     wall = time.perf_counter() - t0
     results = []
-    for o in out:
-        if o is None:
-            results.append(({"error": error}, RelaxResult(None, 0, False, 0.0, error)))
-            continue
-        x = None if getattr(o, "positions", None) is None else np.asarray(o.positions, np.float64)
-        extra = {"t0": getattr(o, "t0", None), "t_final": getattr(o, "t_final", None),
-                 "trajectory_t": getattr(o, "trajectory_t", None)}
-        err = getattr(o, "error", None)
-        results.append((extra, RelaxResult(x if err is None else None, int(getattr(o, "steps", 0) or 0),
-                                           bool(getattr(o, "converged", False)), 0.0, err)))
+    for o in out:  # a structure relax rejected or failed on carries its error: a failure
+        extra = {"t0": o.t0, "t_final": o.t_final, "trajectory_t": o.trajectory_t}
+        x = None if o.error is not None or o.positions is None else np.asarray(o.positions, np.float64)
+        results.append((extra, BaselineResult(x, o.steps, o.converged, 0.0, o.error)))
     return results, wall, torch.get_num_threads()
 
 
@@ -148,7 +127,7 @@ def _benchmark_inputs(n, seed, kinds, inputs, refs, id_field, n_normal_mode, tem
     return inputs_by_kind, refs_by_kind, input_seconds, f"QM9 test split, {n} molecules chosen by seed {seed}"
 
 
-def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, relax, models, max_steps, fmax, seed,
+def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, models, max_steps, fmax, seed,
                batch_size, progress):
     """Run every method on every kind; ``(rows, relaxed positions per row, timings)``."""
     rows: list[dict] = []
@@ -161,7 +140,7 @@ def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, relax, models, ma
             if m in skipped or not valid:
                 continue
             if m in MORERED:
-                res, wall, threads = _run_morered(relax, m, x, valid, models[m], max_steps, seed, batch_size)
+                res, wall, threads = _run_morered(m, x, valid, models[m], max_steps, seed, batch_size)
             else:
                 res0, wall, threads = _run_baseline(m, x, r, valid, max_steps, fmax, progress)
                 res = [({}, rr) for rr in res0]
@@ -174,8 +153,8 @@ def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, relax, models, ma
                 row.update(score(x.numbers[k], x.positions[k], r.positions[k], rr.positions))
                 row.update(converged=rr.converged, steps=rr.steps,
                            seconds=wall / len(valid) if m in MORERED else rr.seconds,
-                           threads=threads, error=rr.error or extra.get("error"))
-                row.update({key: v for key, v in extra.items() if key != "error"})
+                           threads=threads, error=rr.error)
+                row.update(extra)
                 if rr.energy_xtb is not None:
                     row["_energy_xtb"] = rr.energy_xtb
                 rows.append(row)
@@ -236,6 +215,7 @@ def run_relax_benchmark(
     model=None,
     progress: bool = True,
     *,
+    time_model=None,
     n_normal_mode: int | None = DEFAULT_N_NORMAL_MODE,
     temperature: float = 300.0,
     fmax: float = 0.005,
@@ -286,7 +266,10 @@ def run_relax_benchmark(
             for a QM9 molecule, so ``dft × (1 + methods × kinds)`` minutes).
         xtb_energy: add GFN2-xTB ΔE for every structure (cheap).
         inputs, refs: the user's files (any ASE format, or SDF) instead of QM9.
-        model: passed to the MoreRed sampler (None: its default model).
+        model: the MoreRed model, passed to :func:`morered.sampling.api.resolve_model` (None:
+            the shipped model of each variant).  A variant it does not suit is skipped.
+        time_model: a separate time predictor paired with ``model`` (needed for AS with a noise
+            model; a JT model alone is skipped for AS).
         progress: log progress to stderr.
         n_normal_mode: only the first this many molecules get ``normal_mode`` inputs (None: all).
         temperature: K, for ``normal_mode``.
@@ -316,7 +299,7 @@ def run_relax_benchmark(
 
     # methods ------------------------------------------------------------------------------
     variants = [m for m in methods if m in MORERED]
-    relax, models, skipped = _morered_relax(variants, model) if variants else (None, {}, {})
+    models, skipped = _morered_models(variants, model, time_model)
     for m in methods:
         if m not in MORERED:
             ok, why = available(m)
@@ -325,7 +308,7 @@ def run_relax_benchmark(
     for m, why in skipped.items():
         _log(progress, f"skipped {m}: {why}")
 
-    rows, outputs, timings = _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, relax, models,
+    rows, outputs, timings = _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, models,
                                         max_steps, fmax, seed, batch_size, progress)
 
     # energies -----------------------------------------------------------------------------
@@ -384,6 +367,7 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--refs", help="references for --inputs, matched by --id-field")
     p.add_argument("--id-field", default="id", help="atoms.info key / SDF property holding the id (default: id; else name or index)")
     p.add_argument("--model", help="MoreRed model (.pt/.ckpt or shipped name; default: the shipped ones)")
+    p.add_argument("--time-model", help="separate time predictor paired with --model (e.g. for AS)")
     p.add_argument("--temperature", type=float, default=300.0, help="normal_mode temperature, K")
     p.add_argument("--n-normal-mode", type=int, help="only the first N molecules get normal_mode inputs")
     p.add_argument("--fmax", type=float, default=0.005, help="GFN2-xTB convergence, eV/Å")
@@ -402,7 +386,7 @@ def _cli_run(args) -> int:
     res = run_relax_benchmark(
         n=args.n, out=args.out, seed=args.seed, methods=args.methods, kinds=args.kinds,
         max_steps=args.max_steps, dft=args.dft, xtb_energy=args.xtb_energy, inputs=args.inputs,
-        refs=args.refs, model=args.model, progress=not args.quiet, n_normal_mode=args.n_normal_mode,
+        refs=args.refs, model=args.model, time_model=args.time_model, progress=not args.quiet, n_normal_mode=args.n_normal_mode,
         temperature=args.temperature, fmax=args.fmax, batch_size=args.batch_size, id_field=args.id_field,
         cache=not args.no_cache,
     )

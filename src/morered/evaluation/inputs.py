@@ -352,32 +352,24 @@ def qm9_references(n: int, seed: int = 0) -> Structures:
 
 
 def read_structures(path, id_field: str = "id") -> Structures:
-    """Read all structures of a file; ids from a field, else the frame index.
+    """Read all structures of a file with :func:`morered.io.read_structures`; ids from a field.
 
-    SDF/MOL files are read with RDKit (hydrogens kept); the id is the property ``id_field`` if
-    present, else the molecule name (``_Name``) if not empty, else the record index.  Any other
-    format goes through ``ase.io.read(path, ":")`` with the id from ``atoms.info[id_field]``, else
-    the frame index.  Ids are strings.
+    The id is ``atoms.info[id_field]`` (for SDF/MOL files: the property ``id_field``) if present,
+    else, for SDF/MOL, the molecule name (title) if not empty, else the record index.  Ids are
+    strings.  A record that cannot be used (e.g. an unparseable SDF record) raises ``ValueError``.
     """
+    from morered.io import read_structures as read_records
+
     path = Path(path)
     ids, numbers, positions = [], [], []
-    if path.suffix.lower() in (".sdf", ".mol", ".sd"):
-        from rdkit import Chem
-
-        for k, mol in enumerate(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)):
-            if mol is None:
-                raise ValueError(f"{path}: record {k} could not be read")
-            name = mol.GetProp("_Name").strip() if mol.HasProp("_Name") else ""
-            ids.append(mol.GetProp(id_field) if mol.HasProp(id_field) else (name or str(k)))
-            numbers.append(np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64))
-            positions.append(np.asarray(mol.GetConformer().GetPositions(), np.float64))
-    else:
-        import ase.io
-
-        for k, atoms in enumerate(ase.io.read(str(path), ":")):
-            ids.append(str(atoms.info.get(id_field, k)))
-            numbers.append(atoms.get_atomic_numbers().astype(np.int64))
-            positions.append(atoms.get_positions().astype(np.float64))
+    for rec in read_records(path):
+        if rec.error is not None:
+            raise ValueError(f"{path}: record {rec.index} ({rec.name}): {rec.error}")
+        info = rec.atoms.info
+        title = str(info.get("name", "")).strip() if rec.mol is not None else ""
+        ids.append(str(info[id_field]) if id_field in info else (title or str(rec.index)))
+        numbers.append(rec.atoms.get_atomic_numbers().astype(np.int64))
+        positions.append(rec.atoms.get_positions().astype(np.float64))
     return Structures(np.array(ids, dtype=str), numbers, positions, kind=path.stem)
 
 

@@ -62,6 +62,14 @@ class DiffusionModel(nn.Module):
             return radius_graph(batch[P.R], batch[P.idx_m], self.graph_cutoff)
         return full_graph(batch[P.idx_m])
 
+    def predict_time(self, batch: dict) -> torch.Tensor:
+        """Predicted t/T per molecule ``[n_mol]`` (time head only, no noise head)."""
+        if self.time_head is None:
+            raise ValueError("this model has no time head")
+        R = batch[P.R].to(next(self.parameters()).dtype)
+        s, _ = self.representation(batch[P.Z], R, self.edges(batch))
+        return self.time_head(s, batch[P.idx_m], len(batch[P.n_atoms]))[1]
+
     def forward(self, batch: dict, t_norm: torch.Tensor | None = None) -> dict:
         idx_m = batch[P.idx_m]
         n_mol = len(batch[P.n_atoms])
@@ -85,6 +93,9 @@ class NoiseAndTime(nn.Module):
     def __init__(self, noise_model: nn.Module, time_model: nn.Module):
         super().__init__()
         self.noise_model, self.time_model = noise_model, time_model
+
+    def predict_time(self, batch: dict) -> torch.Tensor:
+        return self.time_model.predict_time(batch)
 
     def forward(self, batch: dict, t_norm: torch.Tensor | None = None) -> dict:
         out = {}

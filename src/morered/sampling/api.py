@@ -12,13 +12,10 @@ import torch
 from ase import Atoms
 
 from morered import properties as P
-from morered.data.batch import collate, to_device
 from morered.sampling.models import LoadedModel, default_model, load_model, pair
-from morered.sampling.samplers import SAMPLERS, SamplerOptions
+from morered.sampling.samplers import DEFAULT_T_CONV, SAMPLERS, SamplerOptions, predict_steps
 
 VARIANTS = ("jt", "as", "itp", "ddpm")
-#: default convergence threshold of AS/JT, chosen by measurement (models/README.md)
-DEFAULT_T_CONV = 10
 
 
 @dataclass
@@ -46,6 +43,14 @@ class RelaxResult:
     trajectory: list[np.ndarray] | None = field(default=None, repr=False)
     error: str | None = None
 
+    def frame_steps(self) -> list[int]:
+        """The predicted (AS/JT) or scheduled (ITP/DDPM) step of each trajectory frame: frame k
+        (k = 0 is the input) is labelled with the step used at iteration k; the last frame, which
+        no iteration followed, with ``t_final``."""
+        n = len(self.trajectory or [])
+        ts = list(self.trajectory_t or [])[:n]
+        return ts + [self.t_final] * (n - len(ts))
+
     def atoms(self, like: Atoms) -> Atoms:
         """A copy of ``like`` with the relaxed positions."""
         a = like.copy()
@@ -58,12 +63,14 @@ def resolve_model(model, variant: str, device="cpu", time_model=None) -> LoadedM
     ``time_model`` pairs a separate time predictor with a noise model (AS / ITP)."""
     if isinstance(model, LoadedModel):
         lm = model
+        lm.model.to(device)
     elif model is None:
         lm = default_model(variant, device)
     else:
         lm = load_model(model, device)
     if time_model is not None:
         tm = time_model if isinstance(time_model, LoadedModel) else load_model(time_model, device)
+        tm.model.to(device)
         lm = pair(lm, tm)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -72,6 +79,9 @@ def resolve_model(model, variant: str, device="cpu", time_model=None) -> LoadedM
     if variant in ("jt", "as", "itp") and not lm.has_time:
         raise ValueError(f"variant {variant!r} needs a time predictor; {lm.source} has none "
                          "(pass time_model=..., or use variant='ddpm' with t_start)")
+    if variant == "as" and lm.model_type == "jt":
+        raise ValueError(f"AS needs separate time and noise networks; {lm.source} is a JT model "
+                         "(use variant='jt', or pass time_model=...)")
     return lm
 
 
@@ -164,18 +174,17 @@ def relax(
         bar.close()
     for j, (k, r) in enumerate(zip(todo, out)):
         results[k] = RelaxResult(r.positions, r.t0, r.steps, r.converged, r.t_final, r.trajectory_t,
-                                 traj.get(j) if trajectory else None)
+                                 traj.get(j) if trajectory and r.error is None else None, r.error)
     return results[0] if single else results  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, batch_size: int = 256,
-          device: str = "cpu") -> np.ndarray:
+          device: str = "cpu", max_atoms: int | None = None) -> np.ndarray:
     """Predicted diffusion step of each structure (0..T), a "distance from equilibrium" score.
 
     The step t corresponds to Gaussian displacements of standard deviation sqrt(1 - alpha_bar_t)
     per coordinate (t = 50 / 100 / 150 ~ 0.12 / 0.25 / 0.38 Å RMSD for the default schedule).
-    Returns a float array with NaN for structures that fail validation.
+    Returns a float array of integer steps, NaN for structures that fail validation.
     """
     from morered.io import validate
 
@@ -185,12 +194,10 @@ def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, b
     T = lm.schedule.T
     scores = np.full(len(atoms_list), np.nan)
     ok = [k for k, a in enumerate(atoms_list)
-          if validate(a, elements=lm.elements, max_atoms=2 * lm.max_atoms) is None]
-    for s in range(0, len(ok), batch_size):
-        ks = ok[s:s + batch_size]
-        b = to_device(collate([atoms_list[k].positions for k in ks], [atoms_list[k].numbers for k in ks]), device)
-        t = lm.model(b)[P.t_pred].double().clamp(0, 1).cpu().numpy() * T
-        scores[ks] = t
+          if validate(a, elements=lm.elements, max_atoms=max_atoms or 2 * lm.max_atoms) is None]
+    steps = predict_steps(lm.model, [(atoms_list[k].numbers, atoms_list[k].positions) for k in ok], T,
+                          batch_size, device)
+    scores[ok] = np.where(steps.numpy() >= 0, steps.numpy(), np.nan)
     return scores[0] if single else scores
 
 
@@ -233,11 +240,10 @@ class MoreRedOptimizer:
             import ase.io
 
             frames = []
-            ts = [r.t0] + list(r.trajectory_t or [])
-            for k, x in enumerate(r.trajectory or []):
+            for k, (x, t) in enumerate(zip(r.trajectory or [], r.frame_steps())):
                 a = self.atoms.copy()
                 a.positions = x
-                a.info.update({"step": k, "t_hat": int(ts[min(k, len(ts) - 1)])})
+                a.info.update({"step": k, "t_hat": int(t)})
                 frames.append(a)
             ase.io.write(str(self.trajectory), frames)
         self.atoms.positions = r.positions

@@ -29,6 +29,11 @@ from morered.data.batch import centre, centred_noise
 from morered.diffusion.schedule import NoiseSchedule, reverse_step
 
 
+#: default AS/JT convergence threshold, chosen by measurement on validation molecules
+#: (benchmarks/tune_t_conv.py; src/morered/models/README.md)
+DEFAULT_T_CONV = 10
+
+
 @dataclass
 class SamplerOptions:
     """Options shared by all samplers.
@@ -45,7 +50,7 @@ class SamplerOptions:
     """
 
     max_steps: int = 1000
-    t_conv: int = 10
+    t_conv: int = DEFAULT_T_CONV
     t_start: int | None = None
     stochastic: bool = False
     batch_size: int = 128
@@ -55,14 +60,16 @@ class SamplerOptions:
 
 @dataclass
 class Relaxed:
-    """Result for one molecule.  ``positions`` in Å, in the input's frame (same centre)."""
+    """Result for one molecule.  ``positions`` in Å, in the input's frame (same centre); None with
+    an ``error`` when the model produced non-finite values for this molecule."""
 
-    positions: np.ndarray
+    positions: np.ndarray | None
     t0: int
     steps: int
     converged: bool
     t_final: int
     trajectory_t: list[int] | None = field(default=None, repr=False)
+    error: str | None = None
 
 
 class _Pool:
@@ -110,8 +117,17 @@ def _model_dtype(model) -> torch.dtype:
 
 
 def _round_steps(t_norm: torch.Tensor, T: int) -> torch.Tensor:
-    """Predicted t/T -> integer step: clamp to [0, 1], scale, round (SPEC §6)."""
-    return torch.round(t_norm.detach().double().clamp(0.0, 1.0) * T).long().cpu()
+    """Predicted t/T -> integer step: clamp to [0, 1], scale, round (SPEC §6).  A non-finite
+    prediction becomes -1 (the samplers report it as an error, never as converged)."""
+    t = t_norm.detach().double().cpu()
+    steps = torch.round(torch.nan_to_num(t, nan=0.0).clamp(0.0, 1.0) * T).long()
+    return torch.where(torch.isfinite(t), steps, torch.full_like(steps, -1))
+
+
+def _predict_time(model, batch) -> torch.Tensor:
+    """t/T per molecule from the time head only, when the model offers that."""
+    f = getattr(model, "predict_time", None)
+    return f(batch) if f is not None else model(batch)[P.t_pred]
 
 
 @torch.no_grad()
@@ -124,8 +140,14 @@ def predict_steps(model, molecules, T: int, batch_size: int, device, dtype=torch
         chunk = molecules[s:s + batch_size]
         b = to_device(collate([x for _, x in chunk], [z for z, _ in chunk]), device)
         b[P.R] = b[P.R].to(dtype)
-        out.append(_round_steps(model(b)[P.t_pred], T))
+        out.append(_round_steps(_predict_time(model, b), T))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _finite_per_molecule(x: torch.Tensor, idx_m: torch.Tensor, n_mol: int) -> torch.Tensor:
+    """[n_mol] bool (cpu): all entries of the molecule's rows of ``x`` are finite."""
+    bad_atoms = (~torch.isfinite(x)).any(dim=-1).long()
+    return torch.zeros(n_mol, dtype=torch.long, device=x.device).index_add_(0, idx_m, bad_atoms).cpu() == 0
 
 
 def _run(
@@ -154,8 +176,10 @@ def _run(
     dtype = _model_dtype(model)
     noise_scale = 1.0 if o.stochastic else 0.0
 
-    def finish(k: int, x: np.ndarray, converged: bool, t_final: int):
-        results[k] = Relaxed(x + centres[k], int(t0[k]), int(steps[k]), bool(converged), int(t_final), traj_t[k])
+    def finish(k: int, x: np.ndarray, converged: bool, t_final: int, error: str | None = None):
+        pos = None if error is not None else x + centres[k]
+        results[k] = Relaxed(pos, int(t0[k]), int(steps[k]), bool(converged) and error is None, int(t_final),
+                             traj_t[k], error)
 
     if variant == "ddpm":
         t_cur[:] = int(o.t_start)
@@ -180,7 +204,10 @@ def _run(
             else:
                 t_hat = t_cur[mol].clone()
                 out = model(batch, (t_hat.double() / T).to(device=device, dtype=dtype))
-        first = t0[mol] < 0
+        # a molecule whose step or noise prediction is not finite stops here with an error
+        bad = (t_hat < 0) | ~_finite_per_molecule(out[P.eps_pred], idx_m, len(mol))
+        t_hat = t_hat.clamp(min=0)
+        first = t0[mol] == -1
         t0[mol[first]] = t_hat[first]
         for k, th in zip(mol.tolist(), t_hat.tolist()):
             traj_t[k].append(th)
@@ -192,7 +219,7 @@ def _run(
             conv = t_hat <= max(int(o.t_conv), 0)
         else:
             conv = t_hat <= 0
-        move = (t_hat > 0) & (steps[mol] < o.max_steps)  # max_steps = 0: predict t0 only
+        move = (t_hat > 0) & (steps[mol] < o.max_steps) & ~bad  # max_steps = 0: predict t0 only
         scale = torch.where(conv, 0.0, noise_scale).double()[..., None].to(device)[idx_m]
         t_step = t_hat.clamp(min=0)
         x_new = reverse_step(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule, scale, generator=gen)
@@ -201,8 +228,9 @@ def _run(
         if variant in ("itp", "ddpm"):
             t_cur[mol] = (t_hat - move.long()).clamp(min=0)
             conv = conv | (t_cur[mol] <= 0)
+        bad = bad | ~_finite_per_molecule(pool.x, idx_m, len(mol))
         out_of_steps = steps[mol] >= o.max_steps
-        done = conv | out_of_steps
+        done = conv | out_of_steps | bad
         if callback is not None:
             callback({"mol": mol.tolist(), "positions": [p.numpy() + centres[k] for k, p in zip(mol.tolist(), pool.split(pool.x))],
                       "t_hat": t_hat.tolist(), "n_done": int(done.sum())})
@@ -211,7 +239,8 @@ def _run(
             for j in torch.nonzero(done).flatten().tolist():
                 k = int(mol[j])
                 t_fin = int(t_hat[j]) if variant in ("as", "jt") else int(t_cur[k])
-                finish(k, xs[j].numpy(), bool(conv[j]), t_fin)
+                err = (f"the model gave non-finite values after {int(steps[k])} steps" if bool(bad[j]) else None)
+                finish(k, xs[j].numpy(), bool(conv[j]), t_fin, err)
             pool.keep(~done)
     return results  # type: ignore[return-value]
 
@@ -220,6 +249,8 @@ def ddpm(model, molecules, schedule, options, callback=None) -> list[Relaxed]:
     """DDPM reverse process (Ho et al. 2020) from a given step ``options.t_start`` down to 0."""
     if options.t_start is None:
         raise ValueError("the ddpm sampler needs options.t_start (the step the inputs are at)")
+    if not 0 <= int(options.t_start) <= schedule.T:
+        raise ValueError(f"t_start must be in 0..{schedule.T}, not {options.t_start}")
     return _run(model, molecules, schedule, options, "ddpm", callback)
 
 

@@ -29,13 +29,14 @@ def bench_train(config: dict | None = None, batch_size: int = 128, n_batches: in
     batches = [to_device(train.batch(rng.choice(len(train), batch_size, replace=False)), device)
                for _ in range(n_batches + warmup)]
     task = DiffusionTask(cfg).to(device)
-    opt = torch.optim.AdamW(task.model.parameters(), lr=1e-4)
+    opt = task.configure_optimizers()["optimizer"]
+    clip = float(cfg["optim"]["grad_clip"])
 
     def train_step(b):
         loss = task.losses(task.model, b)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(task.model.parameters(), 0.5)
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), clip)
         opt.step()
         task.update_ema()
 

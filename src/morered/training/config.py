@@ -70,6 +70,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def validate(cfg: dict) -> None:
     if cfg["model_type"] not in ("jt", "ddpm", "time"):
         raise ValueError(f"model_type must be jt, ddpm or time, not {cfg['model_type']!r}")
+    if str(cfg["trainer"]["precision"]).startswith("16"):
+        # the GradScaler needs Lightning's automatic optimisation; ours is manual (to skip bad
+        # batches on every rank together), so fp16 loss scaling is not supported
+        raise ValueError("precision 16-mixed is not supported: use bf16-mixed (GPUs since Ampere) or 32-true")
     if not 0.0 <= float(cfg["diffusion"]["low_t_fraction"]) <= 1.0:
         raise ValueError("diffusion.low_t_fraction must be in [0, 1]")
 

@@ -95,13 +95,15 @@ class DiffusionTask(pl.LightningModule):
         loss = losses["loss"]
         value = float(loss.detach())
         bad = not math.isfinite(value) or value > float(o["skip_loss_above"])
+        # decide on every rank *before* backward: under DDP, backward all-reduces the gradients,
+        # and a rank that skipped it would leave the others waiting
+        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
+            # gradients are identical on all ranks after the all-reduce: so is this decision
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(o["grad_clip"]))
             bad = not bool(torch.isfinite(norm))
-        # every rank must agree, or DDP would wait forever for the ranks that skipped
-        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             opt.zero_grad(set_to_none=True)
             self.n_skipped += 1
@@ -120,6 +122,11 @@ class DiffusionTask(pl.LightningModule):
             for k, v in losses.items():
                 self.log(f"train_{k}", v.detach(), prog_bar=(k == "loss"), batch_size=bs)
             self.log("lr", opt.param_groups[0]["lr"], batch_size=1)
+
+    def on_train_start(self):
+        # seed_everything gives every DDP rank the same seed: draw different t and noise per rank
+        if self.trainer.world_size > 1:
+            torch.manual_seed(int(self.config["seed"]) * 1000 + self.global_rank + 1)
 
     @torch.no_grad()
     def update_ema(self):
@@ -156,7 +163,8 @@ class DiffusionTask(pl.LightningModule):
         sch = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=float(o["lr_factor"]), patience=int(o["lr_patience"]), min_lr=float(o["min_lr"])
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "monitor": "val_loss"}}
+        # stepped by hand in on_validation_epoch_end (manual optimisation)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch}}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["best_val"] = self.best_val

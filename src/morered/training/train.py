@@ -67,7 +67,7 @@ def loader(mols: Molecules, batch_size: int, shuffle: bool, num_workers: int):
 
 
 # ---------------------------------------------------------------------------- trainer
-def build_trainer(cfg: dict, out: Path, resuming: bool) -> pl.Trainer:
+def build_trainer(cfg: dict, out: Path) -> pl.Trainer:
     tr = cfg["trainer"]
     ckpt_dir = out / "checkpoints"
     callbacks = [
@@ -145,7 +145,7 @@ def train(cfg: dict, out: str | Path) -> Path:
     log.info("model: %s, %d parameters", cfg["model_type"], n_par)
 
     # 4. trainer, 5. fit
-    trainer = build_trainer(cfg, out, resuming)
+    trainer = build_trainer(cfg, out)
     t0 = time.time()
     trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
     wall = time.time() - t0
