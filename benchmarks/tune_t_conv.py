@@ -40,6 +40,9 @@ for kind in args.kinds.split(","):
     atoms = [inp.atoms(k) for k in ok]
     res = relax(atoms, args.model, args.variant, time_model=args.time_model, t_conv=-1,
                 max_steps=args.max_steps, trajectory=True, progress=True)
+    errors = [r.error for r in res if r.error is not None]
+    if errors:
+        print(f"{len(errors)} structures failed: {errors[:3]}")
     r_in = np.array([kabsch_rmsd(inp.positions[k], refs.positions[k]) for k in ok])
     t0 = np.array([r.t0 for r in res])
     print(f"\n{kind}: {len(ok)} molecules, input RMSD median {np.median(r_in):.3f} Å, "
@@ -48,6 +51,9 @@ for kind in args.kinds.split(","):
     for c in cs:
         rm, conv, steps = [], [], []
         for k, r in zip(ok, res):
+            if r.error is not None:  # counts as a failure that never converged
+                rm.append(np.inf), conv.append(False), steps.append(r.steps)
+                continue
             hit = [i for i, t in enumerate(r.trajectory_t) if t <= c]
             i = hit[0] if hit else len(r.trajectory) - 2
             rm.append(kabsch_rmsd(r.trajectory[i + 1], refs.positions[k]))

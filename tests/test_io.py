@@ -328,3 +328,14 @@ def test_trajectory_readable_with_t_hat(tmp_path):
     assert [f.info["step"] for f in frames] == [0, 1, 2, 3]
     assert frames[0].info["name"] == "methane"
     np.testing.assert_allclose(frames[3].positions, steps[3])
+
+
+def test_overlap_threshold_default_is_0_3_angstrom():
+    """Diffused inputs can bring a C-H pair to ~0.45 Å: still relaxable; 0.2 Å is broken."""
+    from morered.io import MIN_DISTANCE, validate
+
+    assert MIN_DISTANCE == 0.3
+    for d, ok in ((0.45, True), (0.31, True), (0.2, False)):
+        a = Atoms("CH", positions=[[0, 0, 0], [d, 0, 0]])
+        reason = validate(a, elements={1, 6}, max_atoms=10)
+        assert (reason is None) == ok, (d, reason)

@@ -113,7 +113,7 @@ def relax(
     seed: int = 0,
     device: str = "cpu",
     trajectory: bool = False,
-    min_distance: float = 0.5,
+    min_distance: float | None = None,
     max_atoms: int | None = None,
     progress: bool | Callable = False,
 ) -> list[RelaxResult]:
@@ -130,13 +130,13 @@ def relax(
         stochastic: add the posterior noise at every step (off: deterministic mean steps).
         batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
         trajectory: also return positions after every step.
-        min_distance: atoms closer than this (Å) make a structure invalid.
+        min_distance: atoms closer than this (Å) make a structure invalid (default 0.3).
         max_atoms: largest structure accepted (default: twice the largest training molecule).
         progress: show a tqdm progress bar (True) or call ``progress(n_done)``.
     Returns:
         one :class:`RelaxResult` per input, in input order; rejected inputs carry ``error``.
     """
-    from morered.io import validate
+    from morered.io import MIN_DISTANCE, validate
 
     single = not isinstance(structures, (list, tuple))
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
@@ -145,7 +145,8 @@ def relax(
     results: list[RelaxResult | None] = [None] * len(atoms_list)
     todo = []
     for k, a in enumerate(atoms_list):
-        reason = validate(a, elements=lm.elements, max_atoms=limit, min_distance=min_distance)
+        reason = validate(a, elements=lm.elements, max_atoms=limit,
+                          min_distance=MIN_DISTANCE if min_distance is None else min_distance)
         if reason is not None:
             results[k] = RelaxResult(None, error=reason)
         else:
