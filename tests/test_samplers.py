@@ -472,3 +472,31 @@ def test_trajectory_frames_carry_the_step_used_from_them(test_molecules, tiny, t
     opt.run(steps=4)
     frames = ase.io.read(tmp_path / "t.extxyz", ":")
     assert [f.info["t_hat"] for f in frames] == labels
+
+
+def test_final_x0_step_lands_on_the_implied_clean_structure(test_molecules):
+    """With the true noise as prediction, the x0 final step recovers x_0 exactly; the mean step
+    only moves one step toward it."""
+    from morered.diffusion.schedule import diffuse
+
+    b = test_molecules.batch(range(1))
+    x0 = b[P.R].double()
+    t = torch.tensor([20])
+    xt, eps = diffuse(x0, t, b[P.idx_m], SCHEDULE, generator=torch.Generator().manual_seed(0))
+
+    class Oracle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, batch, t_norm=None):
+            return {P.t_pred: torch.tensor([20 / 1000.0]), P.eps_pred: eps.float()}
+
+    mols = [(b[P.Z].numpy(), xt.numpy())]
+    x0_run = _run("jt", Oracle(), mols, t_conv=25, final_step="x0")[0]
+    mean_run = _run("jt", Oracle(), mols, t_conv=25, final_step="mean")[0]
+    assert x0_run.converged and x0_run.steps == 1
+    np.testing.assert_allclose(x0_run.positions - x0_run.positions.mean(0), x0.numpy(), atol=1e-5)
+    d_x0 = np.abs(x0_run.positions - x0_run.positions.mean(0) - x0.numpy()).max()
+    d_mean = np.abs(mean_run.positions - mean_run.positions.mean(0) - x0.numpy()).max()
+    assert d_mean > 10 * max(d_x0, 1e-7)

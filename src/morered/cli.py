@@ -85,6 +85,8 @@ def _add_relax(sub):
     p.add_argument("--t-conv", type=int, default=None, help="AS/JT convergence threshold (default: %d)" % DEFAULT_T_CONV)
     p.add_argument("--t-start", type=int, help="ddpm only: the diffusion step the inputs are at")
     p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step")
+    p.add_argument("--final-step", choices=["mean", "x0"], help="AS/JT on convergence: one last reverse step "
+                   "(mean) or a jump to the clean structure the noise prediction implies (x0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per input to DIR")
     p.add_argument("--reference", metavar="FILE", help="reference geometries in the same order: print the "
@@ -157,6 +159,7 @@ def _relax(args) -> int:
         res = relax([records[k].atoms for k in ok], model, args.variant,
                     max_steps=args.max_steps, t_conv=DEFAULT_T_CONV if args.t_conv is None else args.t_conv,
                     t_start=args.t_start, stochastic=args.stochastic, batch_size=args.batch_size,
+                    **({"final_step": args.final_step} if args.final_step else {}),
                     seed=args.seed, device=args.device, trajectory=bool(args.trajectory),
                     max_atoms=args.max_atoms, progress=not args.no_progress)
     except ValueError as e:

@@ -146,3 +146,13 @@ def reverse_step(
         z = centred_noise(x.shape, idx_m, generator=generator, dtype=torch.float64, device=dev)
         mean = mean + sigma * z
     return centre(mean, idx_m)
+
+
+def predict_x0(
+    x: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, idx_m: torch.Tensor, schedule: NoiseSchedule
+) -> torch.Tensor:
+    """The clean structure implied by a noise prediction (DDPM eq. 15), in float64:
+    x_0 = (x_t - sqrt(1 - ab_t) eps_pred) / sqrt(ab_t), centred.  ``t``: ``[n_mol]`` steps."""
+    ab = schedule.alpha_bar[t.long().cpu()].to(x.device)[idx_m].unsqueeze(-1)
+    x0 = (x.double() - (1 - ab).sqrt() * eps_pred.double()) / ab.sqrt()
+    return centre(x0, idx_m)

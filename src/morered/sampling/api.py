@@ -109,6 +109,7 @@ def relax(
     t_conv: int = DEFAULT_T_CONV,
     t_start: int | None = None,
     stochastic: bool = False,
+    final_step: str = "mean",
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
@@ -128,6 +129,8 @@ def relax(
         max_steps: most reverse steps per structure.
         t_conv: AS/JT stop once the predicted step is <= t_conv.
         stochastic: add the posterior noise at every step (off: deterministic mean steps).
+        final_step: AS/JT, on convergence: ``mean`` (one last reverse step) or ``x0`` (jump to the
+            clean structure implied by the last noise prediction).
         batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
         trajectory: also return positions after every step.
         min_distance: atoms closer than this (Å) make a structure invalid (default 0.3).
@@ -151,7 +154,9 @@ def relax(
             results[k] = RelaxResult(None, error=reason)
         else:
             todo.append(k)
-    opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic,
+    if final_step not in ("mean", "x0"):
+        raise ValueError(f"final_step must be 'mean' or 'x0', not {final_step!r}")
+    opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic, final_step=final_step,
                           batch_size=batch_size, seed=seed, device=device)
     mols = [(atoms_list[k].numbers, atoms_list[k].positions) for k in todo]
     traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}

@@ -26,7 +26,7 @@ import torch
 
 from morered import properties as P
 from morered.data.batch import centre, centred_noise
-from morered.diffusion.schedule import NoiseSchedule, reverse_step
+from morered.diffusion.schedule import NoiseSchedule, predict_x0, reverse_step
 
 
 #: default AS/JT convergence threshold, chosen by measurement on validation molecules
@@ -44,6 +44,8 @@ class SamplerOptions:
         t_start: DDPM only: the step the input is taken to be at.
         stochastic: add the posterior noise sigma_t z at each step (DDPM's sampler).  Off by default
             for relaxation: the deterministic mean step lands closer to the minimum (README).
+        final_step: AS/JT, on convergence: ``mean`` (one last deterministic reverse step, the
+            reference) or ``x0`` (jump to the clean structure the noise prediction implies).
         batch_size: molecules evaluated together.
         seed: seed of the noise (stochastic updates and generation).
         device: torch device for the model evaluation.
@@ -53,6 +55,7 @@ class SamplerOptions:
     t_conv: int = DEFAULT_T_CONV
     t_start: int | None = None
     stochastic: bool = False
+    final_step: str = "mean"
     batch_size: int = 128
     seed: int = 0
     device: str | torch.device = "cpu"
@@ -223,6 +226,9 @@ def _run(
         scale = torch.where(conv, 0.0, noise_scale).double()[..., None].to(device)[idx_m]
         t_step = t_hat.clamp(min=0)
         x_new = reverse_step(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule, scale, generator=gen)
+        if o.final_step == "x0" and bool(conv.any()):  # converging: jump to the implied clean structure
+            x0 = predict_x0(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule)
+            x_new = torch.where(conv.to(device)[idx_m, None], x0, x_new)
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
         if variant in ("itp", "ddpm"):
