@@ -159,7 +159,7 @@ def _relax(args) -> int:
         res = relax([records[k].atoms for k in ok], model, args.variant,
                     max_steps=args.max_steps, t_conv=DEFAULT_T_CONV if args.t_conv is None else args.t_conv,
                     t_start=args.t_start, stochastic=args.stochastic, batch_size=args.batch_size,
-                    **({"final_step": args.final_step} if args.final_step else {}),
+                    final_step=args.final_step,
                     seed=args.seed, device=args.device, trajectory=bool(args.trajectory),
                     max_atoms=args.max_atoms, progress=not args.no_progress)
     except ValueError as e:

@@ -109,7 +109,7 @@ def relax(
     t_conv: int = DEFAULT_T_CONV,
     t_start: int | None = None,
     stochastic: bool = False,
-    final_step: str = "mean",
+    final_step: str | None = None,
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
@@ -130,7 +130,7 @@ def relax(
         t_conv: AS/JT stop once the predicted step is <= t_conv.
         stochastic: add the posterior noise at every step (off: deterministic mean steps).
         final_step: AS/JT, on convergence: ``mean`` (one last reverse step) or ``x0`` (jump to the
-            clean structure implied by the last noise prediction).
+            clean structure implied by the last noise prediction); default: SamplerOptions'.
         batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
         trajectory: also return positions after every step.
         min_distance: atoms closer than this (Å) make a structure invalid (default 0.3).
@@ -154,6 +154,7 @@ def relax(
             results[k] = RelaxResult(None, error=reason)
         else:
             todo.append(k)
+    final_step = SamplerOptions.final_step if final_step is None else final_step
     if final_step not in ("mean", "x0"):
         raise ValueError(f"final_step must be 'mean' or 'x0', not {final_step!r}")
     opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic, final_step=final_step,
