@@ -347,3 +347,14 @@ def test_fp16_loss_scaling_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="bf16-mixed"):
         load_config(None, {"trainer.precision": "16-mixed"})
     assert load_config(None, {"trainer.precision": "bf16-mixed"})["trainer"]["precision"] == "bf16-mixed"
+
+
+def test_max_time_is_the_budget_of_each_run(tmp_path):
+    """A resumed run gets its own --max-time (Lightning's Timer would carry the old time over and
+    stop the resumed run before its first step)."""
+    cfg = tiny_config("jt", **{"trainer.max_time": "3s"})
+    train_mod.train(cfg, tmp_path)
+    first = _summary(tmp_path)["global_step"]
+    assert first > 0
+    train_mod.train(cfg, tmp_path)
+    assert _summary(tmp_path)["global_step"] > first

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, OnExceptionCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from morered.data.molecules import MoleculeDataset, Molecules
@@ -67,6 +67,14 @@ def loader(mols: Molecules, batch_size: int, shuffle: bool, num_workers: int):
 
 
 # ---------------------------------------------------------------------------- trainer
+class RunTimer(Timer):
+    """``--max-time`` is the budget of *this* run: Lightning's Timer would restore the time spent
+    before a resume and stop the resumed run at once."""
+
+    def load_state_dict(self, state_dict) -> None:
+        pass
+
+
 def build_trainer(cfg: dict, out: Path) -> pl.Trainer:
     tr = cfg["trainer"]
     ckpt_dir = out / "checkpoints"
@@ -78,13 +86,15 @@ def build_trainer(cfg: dict, out: Path) -> pl.Trainer:
         EarlyStopping(monitor="val_loss", patience=int(cfg["optim"]["early_stopping_patience"]), mode="min"),
         TQDMProgressBar(refresh_rate=10),
     ]
+    max_time = parse_duration(tr["max_time"])
+    if max_time:
+        callbacks.append(RunTimer(duration=timedelta(seconds=max_time), interval="step"))
     # a new version folder per run, so that a resumed run does not overwrite the earlier log
     loggers = [CSVLogger(out, name="logs")]
     if tr["tensorboard"]:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(out, name="tb", version=0))
-    max_time = parse_duration(tr["max_time"])
     n_proc = int(tr["devices"]) * int(tr["num_nodes"]) if str(tr["devices"]).isdigit() else 2
     strategy = tr["strategy"]
     if strategy == "auto" and n_proc > 1:
@@ -98,7 +108,6 @@ def build_trainer(cfg: dict, out: Path) -> pl.Trainer:
         precision=tr["precision"],
         max_steps=int(tr["max_steps"]),
         max_epochs=int(tr["max_epochs"]),
-        max_time=timedelta(seconds=max_time) if max_time else None,
         val_check_interval=int(tr["val_every_steps"]),
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
