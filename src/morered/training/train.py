@@ -168,7 +168,7 @@ def train(cfg: dict, out: str | Path) -> Path:
             "global_step": int(trainer.global_step),
             "wall_seconds_this_run": round(wall, 1),
             "wall_seconds_total": round(wall + float(previous.get("wall_seconds_total", previous.get("wall_seconds_this_run", 0.0))), 1),
-            "runs": int(previous.get("runs", 0)) + 1,
+            "runs": int(previous.get("runs", 1 if previous else 0)) + 1,
             "best_val_loss": None if task.best_val == float("inf") else task.best_val,
             "skipped_batches": int(task.n_skipped),
             "parameters": n_par,
