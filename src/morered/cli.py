@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from morered.sampling.samplers import DEFAULT_T_CONV
+from morered.sampling.samplers import DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ
 
 
 def _add_train(sub):
@@ -83,6 +83,10 @@ def _add_relax(sub):
     p.add_argument("--variant", choices=["jt", "as", "itp", "ddpm"], default="jt")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--t-conv", type=int, default=None, help="AS/JT convergence threshold (default: %d)" % DEFAULT_T_CONV)
+    p.add_argument("--patience", type=int, default=DEFAULT_PATIENCE, help="AS/JT: also stop when the "
+                   "predicted step has not reached a new minimum for this many steps; 0: off (default: %(default)s)")
+    p.add_argument("--t-eq", type=int, default=DEFAULT_T_EQ, help="AS/JT: an input whose first predicted step "
+                   "is <= this is already at equilibrium (one mean step, then stop); -1: off (default: %(default)s)")
     p.add_argument("--t-start", type=int, help="ddpm only: the diffusion step the inputs are at")
     p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step")
     p.add_argument("--final-step", choices=["mean", "x0"], help="AS/JT on convergence: one last reverse step "
@@ -159,7 +163,7 @@ def _relax(args) -> int:
         res = relax([records[k].atoms for k in ok], model, args.variant,
                     max_steps=args.max_steps, t_conv=DEFAULT_T_CONV if args.t_conv is None else args.t_conv,
                     t_start=args.t_start, stochastic=args.stochastic, batch_size=args.batch_size,
-                    final_step=args.final_step,
+                    final_step=args.final_step, patience=args.patience, t_eq=args.t_eq,
                     seed=args.seed, device=args.device, trajectory=bool(args.trajectory),
                     max_atoms=args.max_atoms, progress=not args.no_progress)
     except ValueError as e:

@@ -13,7 +13,8 @@ from ase import Atoms
 
 from morered import properties as P
 from morered.sampling.models import LoadedModel, default_model, load_model, pair
-from morered.sampling.samplers import DEFAULT_T_CONV, SAMPLERS, SamplerOptions, predict_steps
+from morered.sampling.samplers import (DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, SAMPLERS, SamplerOptions,
+                                      predict_steps)
 
 VARIANTS = ("jt", "as", "itp", "ddpm")
 
@@ -107,6 +108,8 @@ def relax(
     time_model=None,
     max_steps: int = 1000,
     t_conv: int = DEFAULT_T_CONV,
+    patience: int = DEFAULT_PATIENCE,
+    t_eq: int = DEFAULT_T_EQ,
     t_start: int | None = None,
     stochastic: bool = False,
     final_step: str | None = None,
@@ -128,6 +131,10 @@ def relax(
         time_model: a separate time predictor to pair with a noise-only ``model``.
         max_steps: most reverse steps per structure.
         t_conv: AS/JT stop once the predicted step is <= t_conv.
+        patience: AS/JT also stop when the predicted step has not reached a new minimum for this
+            many steps (0: off).
+        t_eq: AS/JT return an input whose first predicted step is <= t_eq after one mean step
+            (-1: off).
         stochastic: add the posterior noise at every step (off: deterministic mean steps).
         final_step: AS/JT, on convergence: ``mean`` (one last reverse step) or ``x0`` (jump to the
             clean structure implied by the last noise prediction); default: SamplerOptions'.
@@ -158,6 +165,7 @@ def relax(
     if final_step not in ("mean", "x0"):
         raise ValueError(f"final_step must be 'mean' or 'x0', not {final_step!r}")
     opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic, final_step=final_step,
+                          patience=patience, t_eq=t_eq,
                           batch_size=batch_size, seed=seed, device=device)
     mols = [(atoms_list[k].numbers, atoms_list[k].positions) for k in todo]
     traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}
