@@ -500,3 +500,26 @@ def test_final_x0_step_lands_on_the_implied_clean_structure(test_molecules):
     d_x0 = np.abs(x0_run.positions - x0_run.positions.mean(0) - x0.numpy()).max()
     d_mean = np.abs(mean_run.positions - mean_run.positions.mean(0) - x0.numpy()).max()
     assert d_mean > 10 * max(d_x0, 1e-7)
+
+
+def test_patience_stops_a_molecule_whose_step_stops_falling(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    n = [len(z) for z, _ in mols]
+    # molecule 0 falls to 5 and hovers there; molecule 1 keeps falling to 0
+    model = StubModel({n[0]: [40, 20, 5, 6, 5, 7, 5, 6], n[1]: [40 - 4 * k for k in range(11)]})
+    res = _run("jt", model, mols, t_conv=0, patience=4, t_eq=-1, max_steps=100)
+    # min 5 reached at iteration 2; no new minimum at iterations 3..6 -> stop at iteration 6
+    assert res[0].converged and res[0].steps == 7 and res[0].trajectory_t[:7] == [40, 20, 5, 6, 5, 7, 5]
+    assert res[1].converged and res[1].trajectory_t[-1] == 0
+    off = _run("jt", StubModel({n[0]: [40, 20, 5, 6, 5, 7, 5, 6], n[1]: [0]}), mols, t_conv=0, patience=0,
+               t_eq=-1, max_steps=30)
+    assert not off[0].converged and off[0].steps == 30
+
+
+def test_t_eq_leaves_inputs_already_at_equilibrium(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    n = [len(z) for z, _ in mols]
+    model = StubModel({n[0]: [15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0], n[1]: [25, 15, 0]})
+    res = _run("jt", model, mols, t_conv=0, patience=0, t_eq=20, max_steps=100)
+    assert res[0].converged and res[0].steps == 1 and res[0].t0 == 15  # one mean step, then stop
+    assert res[1].converged and res[1].trajectory_t == [25, 15, 0]  # t0 above t_eq: relaxed on
