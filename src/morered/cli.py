@@ -220,13 +220,13 @@ def _score(args) -> int:
     import math
 
     from morered.io import validate
-    from morered.sampling.api import _time_capable, score
+    from morered.sampling.api import load_time_model, score
 
     records = _read_or_exit(args.input)
     if records is None:
         return EXIT_FATAL
     try:
-        lm = _time_capable(args.time_model or args.model or "jt", args.device)
+        lm = load_time_model(args.time_model or args.model or "jt", args.device)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FATAL

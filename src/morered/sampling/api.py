@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from ase import Atoms
 
-from morered import properties as P
 from morered.sampling.models import LoadedModel, default_model, load_model, pair
 from morered.sampling.samplers import (DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, SAMPLERS, SamplerOptions,
                                       predict_steps)
@@ -205,7 +203,7 @@ def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, b
 
     single = isinstance(structures, Atoms)
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
-    lm = _time_capable(time_model if time_model is not None else (model if model is not None else "jt"), device)
+    lm = load_time_model(time_model if time_model is not None else (model if model is not None else "jt"), device)
     T = lm.schedule.T
     scores = np.full(len(atoms_list), np.nan)
     ok = [k for k, a in enumerate(atoms_list)
@@ -216,7 +214,9 @@ def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, b
     return scores[0] if single else scores
 
 
-def _time_capable(model, device) -> LoadedModel:
+def load_time_model(model, device="cpu") -> LoadedModel:
+    """A model that predicts diffusion steps (JT, time-only, or a pair): a shipped name, a path or
+    a LoadedModel; ValueError for a noise-only model."""
     lm = model if isinstance(model, LoadedModel) else load_model(model, device)
     if not lm.has_time:
         raise ValueError(f"{lm.source} has no time head: scoring needs a time predictor")
