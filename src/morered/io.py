@@ -33,6 +33,8 @@ from ase.io.formats import filetype, ioformats, string2index
 from rdkit import Chem, rdBase
 from rdkit.Chem import rdDetermineBonds
 
+from morered.errors import InputError
+
 __all__ = [
     "Record",
     "StructureReadError",
@@ -79,7 +81,7 @@ class Record:
     error: str | None = None
 
 
-class StructureReadError(Exception):
+class StructureReadError(InputError):
     """A whole file cannot be read (missing, unknown format, not a structure file)."""
 
     def __init__(self, path: PathLike, reason: str):

@@ -1,0 +1,5 @@
+import sys
+
+from morered.cli.main import main
+
+sys.exit(main())
