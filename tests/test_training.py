@@ -358,3 +358,29 @@ def test_max_time_is_the_budget_of_each_run(tmp_path):
     assert first > 0
     train_mod.train(cfg, tmp_path)
     assert _summary(tmp_path)["global_step"] > first
+
+
+def test_ema_warmup_arithmetic():
+    """decay_n = min(max, (1+n)/(10+n)): 0.1 at the first update, max after ~10/(1-max) updates;
+    after N updates the EMA keeps far less of its random start than 0.999^N."""
+    from torch import nn
+
+    from morered.training.ema import ema_decay, update_ema
+
+    assert ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay(10, 0.999) == pytest.approx(11 / 20)
+    assert ema_decay(100_000, 0.999) == 0.999
+    assert ema_decay(0, 0.999, warmup=False) == 0.999
+    ema, model = nn.Linear(3, 1, bias=False), nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)   # "random" start
+        model.weight.fill_(0.0)  # trained weights
+    n = 2000
+    for k in range(n):
+        update_ema(ema, model, ema_decay(k, 0.999))
+    # share of the start still in the EMA: prod_k decay_k
+    expected = 1.0
+    for k in range(n):
+        expected *= ema_decay(k, 0.999)
+    assert float(ema.weight[0, 0]) == pytest.approx(expected, rel=1e-4)
+    assert expected < 0.05 * 0.999**n

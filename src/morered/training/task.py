@@ -11,6 +11,7 @@ import torch
 from morered import properties as P
 from morered.diffusion.schedule import NoiseSchedule, diffuse
 from morered.nn.model import build_model
+from morered.training.ema import ema_decay, update_ema
 
 #: give up after this many skipped batches in a row (every batch bad = diverged or bad data)
 MAX_CONSECUTIVE_SKIPS = 100
@@ -58,6 +59,8 @@ class DiffusionTask(pl.LightningModule):
         self.schedule = NoiseSchedule.from_dict(config["schedule"])
         self.terms = LOSS_TERMS[config["model_type"]]
         self.register_buffer("n_skipped", torch.zeros((), dtype=torch.long))
+        #: EMA updates so far (drives the warm-up of the EMA decay; saved in checkpoints)
+        self.register_buffer("n_ema_updates", torch.zeros((), dtype=torch.long))
         self.best_val = math.inf
         self.consecutive_skips = 0
 
@@ -128,11 +131,11 @@ class DiffusionTask(pl.LightningModule):
         if self.trainer.world_size > 1:
             torch.manual_seed(int(self.config["seed"]) * 1000 + self.global_rank + 1)
 
-    @torch.no_grad()
     def update_ema(self):
-        decay = float(self.config["optim"]["ema_decay"])
-        ema, cur = list(self.ema.parameters()), list(self.model.parameters())
-        torch._foreach_lerp_(ema, cur, 1.0 - decay)
+        o = self.config["optim"]
+        decay = ema_decay(int(self.n_ema_updates), float(o["ema_decay"]), bool(o.get("ema_warmup", True)))
+        update_ema(self.ema, self.model, decay)
+        self.n_ema_updates += 1
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):
