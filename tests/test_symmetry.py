@@ -8,10 +8,14 @@ from morered import properties as P
 from morered.nn.model import DiffusionModel
 
 
-@pytest.fixture(scope="module")
-def setup(test_molecules):
+@pytest.fixture(scope="module", params=["dense", "edges", "mixed"])
+def setup(test_molecules, request):
+    """Every symmetry holds for both PaiNN kernels, and for a batch split between them."""
     torch.manual_seed(0)
     model = DiffusionModel({"n_features": 16, "n_interactions": 2, "n_rbf": 8}).double().eval()
+    model.kernel = "edges" if request.param == "edges" else "dense"
+    if request.param == "mixed":  # molecules above 9 atoms take the edge list inside forward_dense
+        model.representation.max_dense_atoms = 9
     batch = test_molecules.batch(range(4))
     batch[P.R] = batch[P.R].double()
     t = torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=torch.float64)

@@ -384,3 +384,18 @@ def test_ema_warmup_arithmetic():
         expected *= ema_decay(k, 0.999)
     assert float(ema.weight[0, 0]) == pytest.approx(expected, rel=1e-4)
     assert expected < 0.05 * 0.999**n
+
+
+def test_init_from_copies_weights_and_refuses_other_networks(tiny_model_path):
+    from morered.training.task import DiffusionTask, init_from_model
+
+    torch.manual_seed(5)
+    task = DiffusionTask(tiny_config("jt"))
+    saved = torch.load(tiny_model_path, weights_only=True)["state_dict"]
+    assert not all(torch.equal(v, saved[k]) for k, v in task.model.state_dict().items())
+    init_from_model(task, tiny_model_path)
+    for k, v in saved.items():
+        assert torch.equal(task.model.state_dict()[k], v) and torch.equal(task.ema.state_dict()[k], v)
+    other = DiffusionTask(tiny_config("jt", **{"model.representation": {"n_features": 8, "n_interactions": 2, "n_rbf": 8}}))
+    with pytest.raises(ValueError, match="differs"):
+        init_from_model(other, tiny_model_path)

@@ -11,7 +11,9 @@ def add_parser(sub):
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--batches", type=int, default=10)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--threads", type=int)
+    t.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to compare (default 1,2)")
+    t.add_argument("--kernels", default="dense,edges", help="comma-separated PaiNN kernels to compare: dense, "
+                   "edges, auto (default dense,edges)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.set_defaults(func=_bench_train)
     _add_benchmark_relax(bsub)
@@ -23,16 +25,22 @@ def _bench_train(args) -> int:
     from morered.training.bench import bench_train
     from morered.training.config import load_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = [int(x) for x in str(args.threads).split(",") if x]
+    kernels = [k for k in args.kernels.split(",") if k]
     cfg = load_config(args.config, args.set)
-    r = bench_train(cfg, args.batch_size, args.batches, device=args.device)
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for kernel in kernels:
+            r = bench_train(cfg, args.batch_size, args.batches, device=args.device, kernel=kernel)
+            rows.append((kernel, n_threads, r))
     rep = cfg["model"]["representation"]
-    print(f"model {cfg['model_type']}: PaiNN {rep['n_features']} features x {rep['n_interactions']} blocks, "
-          f"{r['parameters']} parameters; batches of {args.batch_size} QM9 molecules "
-          f"({r['atoms_per_batch']:.0f} atoms), device {args.device}, {r['threads']} threads")
-    print(f"training : {r['train_mol_s']:8.1f} molecules/s")
-    print(f"inference: {r['infer_mol_s']:8.1f} molecules/s")
+    print(f"model {cfg['model_type']}: {rep.get('name', 'painn')} {rep['n_features']} features x "
+          f"{rep['n_interactions']} blocks, {r['parameters']} parameters; batches of {args.batch_size} QM9 "
+          f"molecules ({r['atoms_per_batch']:.0f} atoms), device {args.device}, {args.batches} timed batches")
+    print(f"{'kernel':<8} {'threads':>7} {'training mol/s':>15} {'inference mol/s':>16}")
+    for kernel, n_threads, r in rows:
+        print(f"{kernel:<8} {n_threads:>7} {r['train_mol_s']:15.1f} {r['infer_mol_s']:16.1f}")
     return 0
 
 

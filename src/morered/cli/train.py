@@ -13,6 +13,8 @@ def add_parser(sub):
     p.add_argument("--max-time", help="wall-time budget, e.g. 50m, 2h, 1:30:00")
     p.add_argument("--limit-train", type=int, help="train on the first N training molecules")
     p.add_argument("--seed", type=int)
+    p.add_argument("--init-from", metavar="MODEL.pt", help="warm start from the weights of a model file (e.g. "
+                   "src/morered/models/jt.pt) with a fresh optimizer; the config must describe the same network")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--devices", help="devices per node (DDP when > 1)")
     p.add_argument("--num-nodes", type=int)
@@ -31,6 +33,7 @@ def run(args) -> int:
     flags = {
         "model_type": args.model_type, "data.source": args.data, "trainer.max_steps": args.max_steps,
         "trainer.max_time": args.max_time, "data.limit_train": args.limit_train, "seed": args.seed,
+        "init_from": args.init_from,
         "data.batch_size": args.batch_size, "trainer.devices": int_or_str(args.devices),
         "trainer.num_nodes": args.num_nodes, "trainer.accelerator": args.accelerator,
         "trainer.precision": args.precision, "trainer.threads": args.threads,

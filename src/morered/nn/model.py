@@ -32,6 +32,10 @@ class DiffusionModel(nn.Module):
         head_layers: layers of each head.
         graph: ``"full"`` (all pairs inside each molecule, the reference) or ``"radius"``.
         graph_cutoff: radius (Å) for the radius graph; defaults to the representation cutoff.
+        kernel: ``"auto"`` (the representation's dense kernel where it gives the same result: all
+            pairs, or a radius graph no shorter than the representation's cutoff, whose filters are
+            zero beyond it; the edge list otherwise), ``"dense"`` or ``"edges"``.  Not a weight:
+            the same weights give the same outputs with either kernel.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class DiffusionModel(nn.Module):
         head_layers: int = 3,
         graph: str = "full",
         graph_cutoff: float | None = None,
+        kernel: str = "auto",
     ):
         super().__init__()
         rep = dict(representation or {})
@@ -54,6 +59,32 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"graph must be 'full' or 'radius', not {graph!r}")
         self.graph = graph
         self.graph_cutoff = graph_cutoff if graph_cutoff is not None else self.representation.cutoff
+        self.kernel = kernel
+
+    @property
+    def kernel(self) -> str:
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, value: str) -> None:
+        if value not in ("auto", "dense", "edges"):
+            raise ValueError(f"kernel must be 'auto', 'dense' or 'edges', not {value!r}")
+        self._kernel = value
+
+    def use_dense(self, batch) -> bool:
+        """Whether :meth:`represent` takes the dense kernel for this batch."""
+        if P.edges in batch or self.kernel == "edges" or not getattr(self.representation, "supports_dense", False):
+            return False
+        if self.kernel == "dense":
+            return True
+        return self.graph == "full" or self.graph_cutoff >= self.representation.cutoff
+
+    def represent(self, batch: dict):
+        """``(s [n_atoms, F], v [n_atoms, 3, F])`` of the representation, by the chosen kernel."""
+        R = batch[P.R].to(next(self.parameters()).dtype)
+        if self.use_dense(batch):
+            return self.representation.forward_dense(batch[P.Z], R, batch[P.n_atoms])
+        return self.representation(batch[P.Z], R, self.edges(batch))
 
     def edges(self, batch):
         if P.edges in batch:
@@ -66,15 +97,13 @@ class DiffusionModel(nn.Module):
         """Predicted t/T per molecule ``[n_mol]`` (time head only, no noise head)."""
         if self.time_head is None:
             raise ValueError("this model has no time head")
-        R = batch[P.R].to(next(self.parameters()).dtype)
-        s, _ = self.representation(batch[P.Z], R, self.edges(batch))
+        s, _ = self.represent(batch)
         return self.time_head(s, batch[P.idx_m], len(batch[P.n_atoms]))[1]
 
     def forward(self, batch: dict, t_norm: torch.Tensor | None = None) -> dict:
         idx_m = batch[P.idx_m]
         n_mol = len(batch[P.n_atoms])
-        R = batch[P.R].to(next(self.parameters()).dtype)
-        s, v = self.representation(batch[P.Z], R, self.edges(batch))
+        s, v = self.represent(batch)
         out = {}
         if self.time_head is not None:
             out[P.t_pred_atom], out[P.t_pred] = self.time_head(s, idx_m, n_mol)

@@ -15,9 +15,10 @@ from morered.training.task import DiffusionTask
 
 
 def bench_train(config: dict | None = None, batch_size: int = 128, n_batches: int = 10, warmup: int = 2,
-                device: str = "cpu", seed: int = 0) -> dict:
+                device: str = "cpu", seed: int = 0, kernel: str = "auto") -> dict:
     """Time ``n_batches`` optimizer steps (forward, backward, clipping, AdamW, EMA) and as many
-    inference passes (JT forward: time head + noise head, no grad) on random QM9 training batches.
+    inference passes (JT forward: time head + noise head, no grad) on random QM9 training batches,
+    with the representation's ``kernel`` (``auto``/``dense``/``edges``, see DiffusionModel).
 
     Returns ``{"train_mol_s", "infer_mol_s", "atoms_per_batch", "threads", "parameters"}``.
     """
@@ -29,6 +30,7 @@ def bench_train(config: dict | None = None, batch_size: int = 128, n_batches: in
     batches = [to_device(train.batch(rng.choice(len(train), batch_size, replace=False)), device)
                for _ in range(n_batches + warmup)]
     task = DiffusionTask(cfg).to(device)
+    task.model.kernel = task.ema.kernel = kernel
     opt = task.configure_optimizers()["optimizer"]
     clip = float(cfg["optim"]["grad_clip"])
 

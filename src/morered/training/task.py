@@ -177,6 +177,24 @@ class DiffusionTask(pl.LightningModule):
         self.best_val = float(checkpoint.get("best_val", math.inf))
 
 
+def init_from_model(task: DiffusionTask, path) -> dict:
+    """Warm start: copy the (EMA) weights of a model file into ``task.model`` and ``task.ema``.
+
+    The optimizer, the learning-rate schedule and the step count start afresh, so a model can be
+    improved stage after stage on any machine from its shipped weights alone.  The architecture
+    (model arguments) must match the config's.  Returns the file's contents (without weights).
+    """
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(d, dict) or "state_dict" not in d or "model_args" not in d:
+        raise ValueError(f"{path}: not a morered model file (no model_args / state_dict)")
+    if d["model_args"] != task.model_args:
+        raise ValueError(f"{path}: its network {d['model_args']} differs from the config's {task.model_args}; "
+                         "set model.* to match it")
+    task.model.load_state_dict(d["state_dict"])
+    task.ema.load_state_dict(d["state_dict"])
+    return {k: v for k, v in d.items() if k != "state_dict"}
+
+
 def export_dict(task: DiffusionTask, val_loss: float | None = None) -> dict:
     """Everything needed to rebuild the EMA model, as plain data (loads with weights_only=True)."""
     return {

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from morered.data.molecules import MoleculeDataset, Molecules
 from morered.training.config import parse_duration
-from morered.training.task import DiffusionTask, save_model
+from morered.training.task import DiffusionTask, init_from_model, save_model
 
 log = logging.getLogger("morered.train")
 
@@ -150,6 +150,10 @@ def train(cfg: dict, out: str | Path) -> Path:
     # 3. model and task
     task = DiffusionTask(cfg, info)
     task.export_path = out / "best.pt"
+    if cfg.get("init_from") and not resuming:
+        start = init_from_model(task, cfg["init_from"])
+        log.info("warm start from %s (its step %s, val loss %s)", cfg["init_from"], start.get("global_step"),
+                 start.get("val_loss"))
     n_par = sum(p.numel() for p in task.model.parameters())
     log.info("model: %s, %d parameters", cfg["model_type"], n_par)
 
