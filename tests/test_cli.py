@@ -18,7 +18,7 @@ import morered
 from morered.cli import main
 from morered.io import errors_path, mol_from_atoms, read_structures
 
-MORERED_FIELDS = ("morered_steps", "morered_converged", "morered_t0", "morered_t_final", "morered_variant")
+MORERED_FIELDS = ("morered_steps", "morered_converged", "morered_stop", "morered_t0", "morered_t_final", "morered_variant")
 
 
 def _frames(test_molecules, n=4, noise=0.05):

@@ -42,13 +42,15 @@ class StubModel(nn.Module):
         if self.n_calls > self.max_calls:  # a sampler that never stops fails instead of hanging
             raise RuntimeError(f"model called more than {self.max_calls} times")
         out = {}
-        if t_norm is None:
-            self.seen.append(n_atoms)
+        # a time prediction for every molecule whose step is not given (t_norm None or NaN)
+        own = [True] * len(n_atoms) if t_norm is None else torch.isnan(t_norm).tolist()
+        if any(own):
+            self.seen.append([n for n, o in zip(n_atoms, own) if o])
             t = []
-            for n in n_atoms:
+            for n, o in zip(n_atoms, own):
                 s = self.steps[n]
                 t.append(s[min(self.calls[n], len(s) - 1)])
-                self.calls[n] += 1
+                self.calls[n] += int(o)
             out[P.t_pred] = torch.tensor(t, dtype=torch.float32) / self.T
             out[P.t_pred_atom] = out[P.t_pred][batch[P.idx_m]]
         out[P.eps_pred] = 0.3 * batch[P.R] + torch.tensor([0.5, -0.2, 0.1])
@@ -509,11 +511,13 @@ def test_patience_stops_a_molecule_whose_step_stops_falling(test_molecules):
     model = StubModel({n[0]: [40, 20, 5, 6, 5, 7, 5, 6], n[1]: [40 - 4 * k for k in range(11)]})
     res = _run("jt", model, mols, t_conv=0, patience=4, t_eq=-1, max_steps=100)
     # min 5 reached at iteration 2; no new minimum at iterations 3..6 -> stop at iteration 6
-    assert res[0].converged and res[0].steps == 7 and res[0].trajectory_t[:7] == [40, 20, 5, 6, 5, 7, 5]
-    assert res[1].converged and res[1].trajectory_t[-1] == 0
+    # a plateau is said as such, not as "converged"
+    assert res[0].stop == "plateau" and not res[0].converged
+    assert res[0].steps == 7 and res[0].trajectory_t[:7] == [40, 20, 5, 6, 5, 7, 5]
+    assert res[1].converged and res[1].stop == "converged" and res[1].trajectory_t[-1] == 0
     off = _run("jt", StubModel({n[0]: [40, 20, 5, 6, 5, 7, 5, 6], n[1]: [0]}), mols, t_conv=0, patience=0,
                t_eq=-1, max_steps=30)
-    assert not off[0].converged and off[0].steps == 30
+    assert not off[0].converged and off[0].steps == 30 and off[0].stop == "max_steps"
 
 
 def test_t_eq_leaves_inputs_already_at_equilibrium(test_molecules):
@@ -522,4 +526,60 @@ def test_t_eq_leaves_inputs_already_at_equilibrium(test_molecules):
     model = StubModel({n[0]: [15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0], n[1]: [25, 15, 0]})
     res = _run("jt", model, mols, t_conv=0, patience=0, t_eq=20, max_steps=100)
     assert res[0].converged and res[0].steps == 1 and res[0].t0 == 15  # one mean step, then stop
+    assert res[0].stop == "at_equilibrium"
     assert res[1].converged and res[1].trajectory_t == [25, 15, 0]  # t0 above t_eq: relaxed on
+    assert res[1].stop == "converged"
+
+
+def test_tail_continues_on_the_fixed_schedule_after_the_adaptive_phase(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:3]
+    n = [len(z) for z, _ in mols]
+    model = StubModel({n[0]: [40, 20, 5, 0], n[1]: [40, 30, 25, 26, 27, 28], n[2]: [8]})
+    res = _run("jt", model, mols, t_conv=0, patience=3, t_eq=10, tail_t=10, tail_steps=5, max_steps=100)
+    # adaptive 40, 20, 5 (3 moves), then 0 = converged: the tail 10, 8, 6, 4, 2 (DDIM jumps of 2)
+    assert res[0].trajectory_t == [40, 20, 5, 0, 10, 8, 6, 4, 2]
+    assert res[0].steps == 8 and res[0].stop == "converged" and res[0].converged and res[0].t_final == 0
+    # a plateau at 25 (no new minimum for 3 steps) also ends in the tail, and says "plateau"
+    assert res[1].trajectory_t == [40, 30, 25, 26, 27, 28, 10, 8, 6, 4, 2]
+    assert res[1].stop == "plateau" and not res[1].converged
+    # an input already at equilibrium gets one step and no tail
+    assert res[2].trajectory_t == [8] and res[2].steps == 1 and res[2].stop == "at_equilibrium"
+    # the tail's noise prediction is conditioned on the tail's step, not on a time prediction
+    assert model.calls[n[0]] == 4 and model.calls[n[1]] == 6
+
+
+def test_max_steps_is_said_as_such(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:1]
+    res = _run("jt", StubModel({len(mols[0][0]): [500 - k for k in range(100)]}), mols, patience=0, max_steps=7)
+    assert res[0].stop == "max_steps" and not res[0].converged and res[0].steps == 7
+
+
+def test_jump_takes_deterministic_ddim_steps(test_molecules):
+    """With jump = 0.5 the adaptive phase jumps t -> t/2, and a DDIM jump with the exact noise
+    lands on the clean structure's diffused copy at the lower step."""
+    from morered.data.batch import collate
+    from morered.diffusion.schedule import diffuse
+
+    x, z = test_molecules.molecule(0)
+    b = collate([x], [z])
+    x0 = b[P.R].double()
+    t = torch.tensor([200])
+    g = torch.Generator().manual_seed(3)
+    xt, eps = diffuse(x0, t, b[P.idx_m], SCHEDULE, g)
+    preds = [200, 100, 50, 25, 12, 6, 3, 1, 0]
+
+    class Exact(nn.Module):  # predicts the true noise and a fixed sequence of steps
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+            self.k = 0
+
+        def forward(self, batch, t_norm=None):
+            tk = preds[min(self.k, len(preds) - 1)]
+            self.k += 1
+            return {P.t_pred: torch.tensor([tk / 1000.0]), P.eps_pred: eps.float()}
+
+    res = _run("jt", Exact(), [(z, xt.numpy())], jump=0.5, t_conv=0, patience=0, t_eq=-1, max_steps=50)[0]
+    assert res.trajectory_t == preds and res.steps == 8
+    # eps is the exact noise at every step of a deterministic DDIM chain: the end is x0
+    np.testing.assert_allclose(res.positions - res.positions.mean(0), x0.numpy(), atol=1e-5)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from morered.cli.common import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, add_model_flags, read_or_exit
-from morered.sampling.samplers import DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ
+from morered.sampling.samplers import (DEFAULT_JUMP, DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, DEFAULT_TAIL_STEPS,
+                                      DEFAULT_TAIL_T, STOP_REASONS)
 
 
 def add_parser(sub):
@@ -28,6 +29,12 @@ def add_parser(sub):
     p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step")
     p.add_argument("--final-step", choices=["mean", "x0"], help="AS/JT on convergence: one last reverse step "
                    "(mean) or a jump to the clean structure the noise prediction implies (x0)")
+    p.add_argument("--tail-t", type=int, default=None, help="AS/JT: when the adaptive phase ends, continue on "
+                   "the fixed deterministic schedule from this step to 0 (0: off; default: %d)" % DEFAULT_TAIL_T)
+    p.add_argument("--tail-steps", type=int, default=None, help="AS/JT: DDIM jumps of that tail (0: one step at a "
+                   "time; default: %d)" % DEFAULT_TAIL_STEPS)
+    p.add_argument("--jump", type=float, default=None, help="AS/JT: from predicted step t jump to t (1 - JUMP) "
+                   "with a deterministic DDIM step (0: DDPM steps t -> t-1; default: %g)" % DEFAULT_JUMP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per input to DIR")
     p.add_argument("--reference", metavar="FILE", help="reference geometries in the same order: print the "
@@ -91,6 +98,7 @@ def run(args) -> int:
                     max_steps=args.max_steps, t_conv=DEFAULT_T_CONV if args.t_conv is None else args.t_conv,
                     t_start=args.t_start, stochastic=args.stochastic, batch_size=args.batch_size,
                     final_step=args.final_step, patience=args.patience, t_eq=args.t_eq,
+                    tail_t=args.tail_t, tail_steps=args.tail_steps, jump=args.jump,
                     seed=args.seed, device=args.device, trajectory=bool(args.trajectory),
                     max_atoms=args.max_atoms, progress=not args.no_progress)
     except ValueError as e:
@@ -103,6 +111,7 @@ def run(args) -> int:
             records[k].error = r.error
             continue
         results[k] = {"positions": r.positions, "morered_steps": r.steps, "morered_converged": r.converged,
+                      "morered_stop": r.stop,
                       "morered_t0": r.t0, "morered_t_final": r.t_final, "morered_variant": args.variant}
         if args.trajectory:
             from pathlib import Path
@@ -113,9 +122,8 @@ def run(args) -> int:
                              r.trajectory, r.frame_steps(), records[k].name)
     failed = write_structures(args.output, records, results)
     done = [r for r in res if r.error is None]
-    n_conv = sum(r.converged for r in done)
-    print(f"{len(records)} structures: {len(done)} relaxed, {n_conv} converged "
-          f"({100 * n_conv / max(1, len(done)):.1f} %), median steps "
+    stops = ", ".join(f"{sum(r.stop == s for r in done)} {s}" for s in STOP_REASONS[:-1])
+    print(f"{len(records)} structures: {len(done)} relaxed ({stops}), median steps "
           f"{float(np.median([r.steps for r in done])) if done else float('nan'):.0f}, "
           f"wall {wall:.1f} s, {len(done) / max(wall, 1e-9):.1f} structures/s -> {args.output}")
     if args.reference:

@@ -156,3 +156,16 @@ def predict_x0(
     ab = schedule.alpha_bar[t.long().cpu()].to(x.device)[idx_m].unsqueeze(-1)
     x0 = (x.double() - (1 - ab).sqrt() * eps_pred.double()) / ab.sqrt()
     return centre(x0, idx_m)
+
+
+def ddim_step(
+    x: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, s: torch.Tensor, idx_m: torch.Tensor,
+    schedule: NoiseSchedule,
+) -> torch.Tensor:
+    """Deterministic DDIM jump x_t -> x_s (Song et al. 2021, eta = 0), in float64:
+    x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s) eps_pred with x0_hat from :func:`predict_x0`.
+    ``s = 0`` lands on x0_hat itself.  ``t``, ``s``: ``[n_mol]`` steps with s <= t."""
+    x0 = predict_x0(x, eps_pred, t, idx_m, schedule)
+    ab_s = schedule.alpha_bar[s.long().cpu()].to(x.device)[idx_m].unsqueeze(-1)
+    ab_s = torch.where(s.to(x.device)[idx_m, None] == 0, torch.ones_like(ab_s), ab_s)
+    return centre(ab_s.sqrt() * x0 + (1 - ab_s).sqrt() * eps_pred.double(), idx_m)

@@ -6,7 +6,8 @@ which is all that the samplers rely on::
     out = model(batch, t_norm=None)
     out[P.t_pred]   # [n_mol] predicted t/T (if the model has a time head)
     out[P.eps_pred] # [n_atoms, 3] predicted noise (if it has a noise head), conditioned on
-                    # ``t_norm`` if given, else on its own time prediction (clamped to [0, 1])
+                    # ``t_norm`` if given, else (and where t_norm is NaN) on its own time
+                    # prediction (clamped to [0, 1])
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ from morered.nn.heads import NoiseHead, TimeHead
 from morered.nn.painn import PaiNN
 
 REPRESENTATIONS = {"painn": PaiNN}
+
+
+def _fill_time(t_norm: torch.Tensor | None, t_pred: torch.Tensor | None) -> torch.Tensor:
+    """The step each molecule's noise prediction is conditioned on: ``t_norm`` where given, the
+    model's own (detached, clamped) prediction where ``t_norm`` is None or NaN."""
+    if t_norm is not None and not bool(torch.isnan(t_norm).any()):
+        return t_norm
+    if t_pred is None:
+        raise ValueError("a noise-only model needs t_norm")
+    own = t_pred.detach().clamp(0.0, 1.0)
+    return own if t_norm is None else torch.where(torch.isnan(t_norm), own.to(t_norm.dtype), t_norm)
 
 
 class DiffusionModel(nn.Module):
@@ -108,10 +120,7 @@ class DiffusionModel(nn.Module):
         if self.time_head is not None:
             out[P.t_pred_atom], out[P.t_pred] = self.time_head(s, idx_m, n_mol)
         if self.noise_head is not None:
-            if t_norm is None:
-                if self.time_head is None:
-                    raise ValueError("a noise-only model needs t_norm")
-                t_norm = out[P.t_pred].detach().clamp(0.0, 1.0)
+            t_norm = _fill_time(t_norm, out.get(P.t_pred))
             out[P.eps_pred] = self.noise_head(s, v, t_norm.to(s.dtype)[idx_m], idx_m)
         return out
 
@@ -128,9 +137,9 @@ class NoiseAndTime(nn.Module):
 
     def forward(self, batch: dict, t_norm: torch.Tensor | None = None) -> dict:
         out = {}
-        if t_norm is None:
+        if t_norm is None or bool(torch.isnan(t_norm).any()):
             out.update(self.time_model(batch))
-            t_norm = out[P.t_pred].detach().clamp(0.0, 1.0)
+        t_norm = _fill_time(t_norm, out.get(P.t_pred))
         out[P.eps_pred] = self.noise_model(batch, t_norm)[P.eps_pred]
         return out
 

@@ -26,7 +26,11 @@ class RelaxResult:
             when the structure was rejected (see ``error``).
         t0: predicted diffusion step of the input (for ``ddpm``: the given start step).
         steps: reverse steps taken.
-        converged: AS/JT: the predicted step fell to ``t_conv``; ITP/DDPM: the schedule reached 0.
+        converged: the model judged the result at equilibrium: AS/JT: the predicted step fell to
+            ``t_conv`` (or the input scored <= ``t_eq``); ITP/DDPM: the schedule reached 0.
+        stop: why it stopped: ``converged``, ``plateau`` (AS/JT: no new lowest predicted step for
+            ``patience`` steps), ``at_equilibrium`` (AS/JT: the input scored <= ``t_eq``),
+            ``max_steps``, ``error``; "" for a rejected input.
         t_final: last predicted step (AS/JT) or the step reached (ITP/DDPM).
         trajectory_t: the step used at every iteration (always recorded, it is cheap).
         trajectory: positions after every step (``[n, 3]`` arrays, input first) when requested.
@@ -41,6 +45,7 @@ class RelaxResult:
     trajectory_t: list[int] | None = None
     trajectory: list[np.ndarray] | None = field(default=None, repr=False)
     error: str | None = None
+    stop: str = ""
 
     def frame_steps(self) -> list[int]:
         """The predicted (AS/JT) or scheduled (ITP/DDPM) step of each trajectory frame: frame k
@@ -111,6 +116,9 @@ def relax(
     t_start: int | None = None,
     stochastic: bool = False,
     final_step: str | None = None,
+    tail_t: int | None = None,
+    tail_steps: int | None = None,
+    jump: float | None = None,
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
@@ -136,6 +144,8 @@ def relax(
         stochastic: add the posterior noise at every step (off: deterministic mean steps).
         final_step: AS/JT, on convergence: ``mean`` (one last reverse step) or ``x0`` (jump to the
             clean structure implied by the last noise prediction); default: SamplerOptions'.
+        tail_t, tail_steps, jump: AS/JT end-of-relaxation tail and adaptive DDIM jumps (see
+            :class:`~morered.sampling.samplers.SamplerOptions`; default: its defaults).
         batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
         trajectory: also return positions after every step.
         min_distance: atoms closer than this (Å) make a structure invalid (default 0.3).
@@ -164,7 +174,9 @@ def relax(
         raise ValueError(f"final_step must be 'mean' or 'x0', not {final_step!r}")
     opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic, final_step=final_step,
                           patience=patience, t_eq=t_eq,
-                          batch_size=batch_size, seed=seed, device=device)
+                          batch_size=batch_size, seed=seed, device=device,
+                          **{k: v for k, v in (("tail_t", tail_t), ("tail_steps", tail_steps), ("jump", jump))
+                             if v is not None})
     mols = [(atoms_list[k].numbers, atoms_list[k].positions) for k in todo]
     traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}
     bar = None
@@ -187,7 +199,7 @@ def relax(
         bar.close()
     for j, (k, r) in enumerate(zip(todo, out)):
         results[k] = RelaxResult(r.positions, r.t0, r.steps, r.converged, r.t_final, r.trajectory_t,
-                                 traj.get(j) if trajectory and r.error is None else None, r.error)
+                                 traj.get(j) if trajectory and r.error is None else None, r.error, r.stop)
     return results[0] if single else results  # type: ignore[return-value]
 
 

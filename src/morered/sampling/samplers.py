@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from morered import properties as P
-from morered.data.batch import centre, centred_noise
-from morered.diffusion.schedule import NoiseSchedule, predict_x0, reverse_step
+from morered.data.batch import centred_noise
+from morered.diffusion.schedule import NoiseSchedule, ddim_step, predict_x0, reverse_step
 
 
 #: AS/JT stopping rules, chosen by measurement on 100 QM9 validation molecules
@@ -37,6 +37,17 @@ from morered.diffusion.schedule import NoiseSchedule, predict_x0, reverse_step
 DEFAULT_T_CONV = 0
 DEFAULT_PATIENCE = 50
 DEFAULT_T_EQ = 20
+DEFAULT_TAIL_T = 0
+DEFAULT_TAIL_STEPS = 0
+DEFAULT_JUMP = 0.0
+
+#: why a relaxation stopped (``Relaxed.stop``, the ``morered_stop`` field of written structures)
+STOP_CONVERGED = "converged"            # AS/JT: predicted step <= t_conv; ITP/DDPM: schedule ran to 0
+STOP_PLATEAU = "plateau"                # AS/JT: no new lowest predicted step for ``patience`` steps
+STOP_AT_EQUILIBRIUM = "at_equilibrium"  # AS/JT: the input's first predicted step <= t_eq
+STOP_MAX_STEPS = "max_steps"            # ran out of steps
+STOP_ERROR = "error"                    # the model gave non-finite values
+STOP_REASONS = (STOP_CONVERGED, STOP_PLATEAU, STOP_AT_EQUILIBRIUM, STOP_MAX_STEPS, STOP_ERROR)
 
 
 @dataclass
@@ -55,6 +66,14 @@ class SamplerOptions:
             for relaxation: the deterministic mean step lands closer to the minimum (README).
         final_step: AS/JT, on convergence: ``mean`` (one last deterministic reverse step, the
             reference) or ``x0`` (jump to the clean structure the noise prediction implies).
+        tail_t: AS/JT: a molecule whose adaptive phase ends (converged or plateau) continues
+            with the fixed deterministic schedule from step ``tail_t`` down to 0 instead of one
+            last step (0: off).  The time head stops early, before the last bond-length noise is
+            gone; a short fixed tail removes it.
+        tail_steps: number of (DDIM) jumps of that tail; 0: one step at a time (``tail_t`` steps).
+        jump: AS/JT adaptive phase: from the predicted step t, a deterministic DDIM jump to
+            ``floor(t (1 - jump))`` (at least one step down) instead of the DDPM step to t - 1
+            (0: off).
         batch_size: molecules evaluated together.
         seed: seed of the noise (stochastic updates and generation).
         device: torch device for the model evaluation.
@@ -67,6 +86,9 @@ class SamplerOptions:
     t_start: int | None = None
     stochastic: bool = False
     final_step: str = "mean"
+    tail_t: int = DEFAULT_TAIL_T
+    tail_steps: int = DEFAULT_TAIL_STEPS
+    jump: float = DEFAULT_JUMP
     batch_size: int = 128
     seed: int = 0
     device: str | torch.device = "cpu"
@@ -75,7 +97,9 @@ class SamplerOptions:
 @dataclass
 class Relaxed:
     """Result for one molecule.  ``positions`` in Å, in the input's frame (same centre); None with
-    an ``error`` when the model produced non-finite values for this molecule."""
+    an ``error`` when the model produced non-finite values for this molecule.  ``stop``: one of
+    :data:`STOP_REASONS`; ``converged`` is true for ``converged`` and ``at_equilibrium`` (the
+    model judged the structure to be at equilibrium), false for a plateau or the step limit."""
 
     positions: np.ndarray | None
     t0: int
@@ -84,6 +108,7 @@ class Relaxed:
     t_final: int
     trajectory_t: list[int] | None = field(default=None, repr=False)
     error: str | None = None
+    stop: str = STOP_CONVERGED
 
 
 class _Pool:
@@ -172,30 +197,42 @@ def _run(
     variant: str,
     callback: Callable | None = None,
 ) -> list[Relaxed]:
-    """The one reverse-diffusion loop behind every sampler; ``variant`` picks the step rule."""
+    """The one reverse-diffusion loop behind every sampler; ``variant`` picks the step rule.
+
+    AS/JT molecules are in one of two phases: *adaptive* (the step is re-predicted before every
+    reverse step) and, when ``tail_t`` > 0, a final *tail* on the fixed schedule tail_t -> 0.
+    ITP/DDPM molecules follow the fixed schedule from their first step.
+    """
     o = options
     device = torch.device(o.device)
     T = schedule.T
     gen = torch.Generator().manual_seed(int(o.seed))
     n_total = len(molecules)
+    adaptive_variant = variant in ("as", "jt")
     centres = [np.asarray(x, np.float64).mean(0) for _, x in molecules]
     results: list[Relaxed | None] = [None] * n_total
     # per-molecule state, indexed by global molecule index
-    t_cur = torch.full((n_total,), -1, dtype=torch.long)  # ITP/DDPM: the next step to take
+    t_cur = torch.full((n_total,), -1, dtype=torch.long)  # fixed schedule (ITP/DDPM, tail): the next step
+    in_tail = torch.zeros(n_total, dtype=torch.bool)
+    reason = [STOP_CONVERGED] * n_total  # why the adaptive phase ended (kept through the tail)
     t0 = torch.full((n_total,), -1, dtype=torch.long)
     steps = torch.zeros(n_total, dtype=torch.long)
     best_t = torch.full((n_total,), T + 1, dtype=torch.long)  # lowest predicted step so far
     since_best = torch.zeros(n_total, dtype=torch.long)
+    last_pred = torch.full((n_total,), -1, dtype=torch.long)  # last predicted step (AS/JT)
     traj_t: list[list[int]] = [[] for _ in range(n_total)]
     pending = list(range(n_total))[::-1]
     pool = _Pool(device)
     dtype = _model_dtype(model)
     noise_scale = 1.0 if o.stochastic else 0.0
+    tail_t = max(0, min(int(o.tail_t), T))
+    tail_stride = max(1, -(-tail_t // int(o.tail_steps))) if int(o.tail_steps) > 0 else 1
 
-    def finish(k: int, x: np.ndarray, converged: bool, t_final: int, error: str | None = None):
+    def finish(k: int, x: np.ndarray, stop: str, t_final: int, error: str | None = None):
         pos = None if error is not None else x + centres[k]
-        results[k] = Relaxed(pos, int(t0[k]), int(steps[k]), bool(converged) and error is None, int(t_final),
-                             traj_t[k], error)
+        stop = STOP_ERROR if error is not None else stop
+        results[k] = Relaxed(pos, int(t0[k]), int(steps[k]), stop in (STOP_CONVERGED, STOP_AT_EQUILIBRIUM),
+                             int(t_final), traj_t[k], error, stop)
 
     if variant == "ddpm":
         t_cur[:] = int(o.t_start)
@@ -213,10 +250,14 @@ def _run(
         idx_m = pool.idx_m
         batch = pool.batch(dtype)
         mol = pool.mol
+        fixed = in_tail[mol] if adaptive_variant else torch.ones(len(mol), dtype=torch.bool)
         with torch.no_grad():
-            if variant in ("as", "jt"):
-                out = model(batch)  # noise conditioned on the model's own step prediction
-                t_hat = _round_steps(out[P.t_pred], T)
+            if adaptive_variant and not bool(fixed.all()):
+                # noise conditioned on the model's own step prediction, or the tail's step (NaN = own)
+                t_given = torch.where(fixed, t_cur[mol].double() / T, torch.full((len(mol),), float("nan"),
+                                                                                    dtype=torch.float64))
+                out = model(batch, None if not bool(fixed.any()) else t_given.to(device=device, dtype=dtype))
+                t_hat = torch.where(fixed, t_cur[mol], _round_steps(out[P.t_pred], T))
             else:
                 t_hat = t_cur[mol].clone()
                 out = model(batch, (t_hat.double() / T).to(device=device, dtype=dtype))
@@ -228,30 +269,62 @@ def _run(
         for k, th in zip(mol.tolist(), t_hat.tolist()):
             traj_t[k].append(th)
 
-        # who stops: AS/JT converge when t_hat <= t_conv (after one last mean step);
-        # ITP/DDPM when the fixed schedule reaches 0; everyone at max_steps
-        if variant in ("as", "jt"):
+        # who stops, and how each molecule moves: AS/JT in the adaptive phase stop when the
+        # predicted step reaches t_conv, on a plateau, or at once when the input is already at
+        # equilibrium; with a tail, the first two enter the tail instead.  Fixed schedules stop at 0.
+        adaptive = ~fixed
+        conv = torch.zeros(len(mol), dtype=torch.bool)
+        enter_tail = torch.zeros(len(mol), dtype=torch.bool)
+        if adaptive_variant and bool(adaptive.any()):
+            last_pred[mol[adaptive]] = t_hat[adaptive]
             # at t_hat = 0 a step cannot move the molecule: it stops there whatever t_conv is
-            conv = t_hat <= max(int(o.t_conv), 0)
-            conv |= first & (t_hat <= int(o.t_eq))
+            at_conv = adaptive & (t_hat <= max(int(o.t_conv), 0))
+            at_eq = adaptive & first & (t_hat <= int(o.t_eq))
             improved = t_hat < best_t[mol]
-            best_t[mol] = torch.where(improved, t_hat, best_t[mol])
+            best_t[mol] = torch.where(improved & adaptive, t_hat, best_t[mol])
             since_best[mol] = torch.where(improved, 0, since_best[mol] + 1)
-            if o.patience > 0:
-                conv |= since_best[mol] >= int(o.patience)
-        else:
-            conv = t_hat <= 0
-        move = (t_hat > 0) & (steps[mol] < o.max_steps) & ~bad  # max_steps = 0: predict t0 only
-        scale = torch.where(conv, 0.0, noise_scale).double()[..., None].to(device)[idx_m]
-        t_step = t_hat.clamp(min=0)
-        x_new = reverse_step(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule, scale, generator=gen)
+            plateau = adaptive & ~at_conv & ~at_eq & (since_best[mol] >= int(o.patience)) if o.patience > 0 \
+                else torch.zeros_like(adaptive)
+            for j in torch.nonzero(at_conv | plateau | at_eq).flatten().tolist():
+                reason[int(mol[j])] = (STOP_AT_EQUILIBRIUM if bool(at_eq[j]) else
+                                       STOP_PLATEAU if bool(plateau[j]) else STOP_CONVERGED)
+            ending = (at_conv | plateau) & ~at_eq
+            if tail_t > 0:
+                enter_tail = ending
+                conv = at_eq
+            else:
+                conv = ending | at_eq
+        # the step each molecule moves to: the DDPM mean step t -> t-1, or a deterministic DDIM
+        # jump t -> s (the tail, and the adaptive phase with jump > 0)
+        s_next = (t_hat - 1).clamp(min=0)
+        ddim = torch.zeros(len(mol), dtype=torch.bool)
+        if adaptive_variant and float(o.jump) > 0:
+            jumped = torch.floor(t_hat.double() * (1.0 - float(o.jump))).long().clamp(min=0)
+            ddim = adaptive & ~conv
+            s_next = torch.where(ddim, torch.minimum(jumped, s_next), s_next)
+        if adaptive_variant:
+            s_next = torch.where(fixed, (t_hat - tail_stride).clamp(min=0), s_next)
+            ddim = (ddim | fixed) & (t_hat > 0)
+        move = (t_hat > 0) & (steps[mol] < o.max_steps) & ~bad & ~enter_tail  # max_steps = 0: predict t0 only
+        tail = fixed & adaptive_variant  # the tail is deterministic; ITP/DDPM follow --stochastic
+        scale = torch.where(conv | tail, 0.0, noise_scale).double()[..., None].to(device)[idx_m]
+        x_new = reverse_step(pool.x, out[P.eps_pred], t_hat.to(device), idx_m, schedule, scale, generator=gen)
+        if bool(ddim.any()):
+            x_jump = ddim_step(pool.x, out[P.eps_pred], t_hat.to(device), s_next.to(device), idx_m, schedule)
+            x_new = torch.where(ddim.to(device)[idx_m, None], x_jump, x_new)
         if o.final_step == "x0" and bool(conv.any()):  # converging: jump to the implied clean structure
-            x0 = predict_x0(pool.x, out[P.eps_pred], t_step.to(device), idx_m, schedule)
+            x0 = predict_x0(pool.x, out[P.eps_pred], t_hat.to(device), idx_m, schedule)
             x_new = torch.where(conv.to(device)[idx_m, None], x0, x_new)
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
-        if variant in ("itp", "ddpm"):
-            t_cur[mol] = (t_hat - move.long()).clamp(min=0)
+        if bool(enter_tail.any()):
+            t_cur[mol[enter_tail]] = tail_t
+            in_tail[mol[enter_tail]] = True
+        if adaptive_variant:
+            t_cur[mol] = torch.where(fixed & move, s_next, t_cur[mol])
+            conv = conv | (fixed & (t_cur[mol] <= 0))
+        else:
+            t_cur[mol] = torch.where(move, s_next, t_hat)
             conv = conv | (t_cur[mol] <= 0)
         bad = bad | ~_finite_per_molecule(pool.x, idx_m, len(mol))
         out_of_steps = steps[mol] >= o.max_steps
@@ -263,9 +336,14 @@ def _run(
             xs = pool.split(pool.x)
             for j in torch.nonzero(done).flatten().tolist():
                 k = int(mol[j])
-                t_fin = int(t_hat[j]) if variant in ("as", "jt") else int(t_cur[k])
+                if adaptive_variant:
+                    stop = reason[k] if bool(conv[j]) else STOP_MAX_STEPS
+                    t_fin = int(last_pred[k])
+                else:
+                    stop = STOP_CONVERGED if bool(conv[j]) else STOP_MAX_STEPS
+                    t_fin = int(t_cur[k])
                 err = (f"the model gave non-finite values after {int(steps[k])} steps" if bool(bad[j]) else None)
-                finish(k, xs[j].numpy(), bool(conv[j]), t_fin, err)
+                finish(k, xs[j].numpy(), stop, t_fin, err)
             pool.keep(~done)
     return results  # type: ignore[return-value]
 
