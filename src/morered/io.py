@@ -53,6 +53,7 @@ __all__ = [
     "check_output_format",
     "atomic_write",
     "remove_stale",
+    "progress_bar",
     "one_line",
 ]
 
@@ -824,3 +825,25 @@ def check_output_format(path: PathLike) -> str:
     """The format :func:`write_structures` will use for ``path``; ValueError if it cannot write
     one (call before doing the work whose result goes there)."""
     return _output_format(Path(path))
+
+
+# ----------------------------------------------------------------------------------- progress
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", disable: bool = False, stream=None):
+    """A tqdm progress bar on stderr that does not flood logs: on a terminal it refreshes every
+    0.1 s; when stderr is not a terminal (CI, nohup, a cluster job) at most every
+    :data:`PROGRESS_LOG_INTERVAL` seconds, one line each (no carriage-return animation)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = sys.stderr if stream is None else stream
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=disable,
+                mininterval=0.1 if tty else PROGRESS_LOG_INTERVAL, maxinterval=max(10.0, PROGRESS_LOG_INTERVAL),
+                miniters=1 if tty else 0, dynamic_ncols=tty, ascii=not tty, ncols=None if tty else 80)
+
+
+#: seconds between progress lines when stderr is not a terminal
+PROGRESS_LOG_INTERVAL = float(os.environ.get("MORERED_PROGRESS_INTERVAL", "30"))
