@@ -500,8 +500,9 @@ def validate(atoms: Atoms, *, elements: set[int], max_atoms: int,
         reasons.append(f"non-finite coordinates (NaN or inf) for {len(bad)} atom(s), "
                        f"e.g. atom {bad[0]}")
     elif 2 <= n <= max_atoms:
-        diff = positions[:, None, :] - positions[None, :, :]  # [n, n, 3]
-        dist = np.sqrt((diff**2).sum(-1))  # [n, n]
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e200 Å apart is just "too far"
+            diff = positions[:, None, :] - positions[None, :, :]  # [n, n, 3]
+            dist = np.sqrt((diff**2).sum(-1))  # [n, n]
         overlap = _closest_pairs(numbers, dist, min_distance)
         if overlap:
             reasons.append(overlap)

@@ -286,6 +286,13 @@ def train(cfg: dict, out: str | Path) -> Path:
     log.info("data: %s, %d train / %d val molecules", info["name"], info["n_train"], info["n_val"])
     skipped = info.pop("skipped", [])
 
+    # from here on, SIGTERM / Ctrl-C stop the run after the current step, writing what is done
+    stop = StopRequest()
+    with stop:
+        return _train(cfg, out, stop, train_set, val_set, info, skipped)
+
+
+def _train(cfg, out, stop, train_set, val_set, info, skipped) -> Path:
     # 2. config and the list of skipped structures
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
@@ -311,24 +318,23 @@ def train(cfg: dict, out: str | Path) -> Path:
 
     # 4. trainer, 5. fit
     clock = RunClock()
-    stop = StopRequest()
     try:
         trainer = build_trainer(cfg, out, [clock, _StopCallback(stop)])
     except (ValueError, RuntimeError) as err:  # Lightning: unknown accelerator, no GPU, bad precision, ...
         raise OptionError(f"trainer options: {err}") from None
     stop.trainer = trainer
     t0 = time.time()
-    with stop:
-        try:
-            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
-        except SystemExit:  # Lightning's answer to a KeyboardInterrupt (it saved last.ckpt)
-            raise Interrupted(f"training interrupted at step {trainer.global_step}; rerun the same command "
-                              f"to resume from {last}") from None
-        except (KeyError, RuntimeError, EOFError, OSError) as err:
-            if resuming and trainer.global_step == 0:
-                raise ModelError(f"cannot resume from {last}: {str(err).splitlines()[0][:200]} (delete it to "
-                                 "start over)") from None
-            raise
+    try:
+        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+    except SystemExit:
+        # Lightning ends a run stopped by SIGTERM (SIGTERMException) or a second Ctrl-C
+        # (sys.exit(1)) this way, after OnExceptionCheckpoint saved last.ckpt
+        stop.requested = True
+    except (KeyError, RuntimeError, EOFError, OSError) as err:
+        if resuming and trainer.global_step == 0:
+            raise ModelError(f"cannot resume from {last}: {str(err).splitlines()[0][:200]} (delete it to "
+                             "start over)") from None
+        raise
     wall = time.time() - t0
     # a collective call (it ends in a barrier): every rank must make it, only rank 0 writes
     trainer.save_checkpoint(last)
