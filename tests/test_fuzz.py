@@ -34,7 +34,7 @@ def _corrupt(lines, how):
     if how == "count_high":
         return [str(int(lines[0]) + 3)] + lines[1:]
     if how == "count_low":
-        return [str(int(lines[0]) - 1)] + lines[1:] if int(lines[0]) > 1 else ["x"] + lines[1:]
+        return [str(int(lines[0]) - 1)] + lines[1:]
     if how == "short_line":
         return lines[:2] + [lines[2].split()[0] + " 0.0"] + lines[3:]
     if how == "blank_comment":
@@ -47,7 +47,7 @@ frame = st.tuples(st.lists(st.sampled_from(SYMBOLS), min_size=1, max_size=6), st
                   st.randoms(use_true_random=False))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frames=st.lists(frame, min_size=1, max_size=6))
 def test_corrupted_xyz_keeps_every_frame_in_order(tmp_path, frames):
     lines, expect = [], []

@@ -224,8 +224,11 @@ def _read_xyz(path: Path, fmt: str) -> list[Record]:
     the frame and its line, and reading resumes at the next atom-count line.
 
     A frame is ``count`` line, comment line, ``count`` atom lines. When the atom lines do not
-    match the count (too few or too many), the frame is an error and the reader resynchronises on
-    the next line that holds a lone integer; a line before the first count line is an error too.
+    match the count (too few or too many), the frame is an error and reading resumes at the next
+    line holding a lone integer. When a count line is not a number, that frame is an error and
+    the next frame is taken to start after its atom lines (lines with a symbol and 3 or more
+    fields); a stray line right before a count line is skipped. Limitation: a frame with a wrong
+    count followed directly by one with a non-numeric count line become one error record.
     """
     text = path.read_text(errors="replace")
     lines = text.splitlines()
@@ -250,21 +253,26 @@ def _read_xyz(path: Path, fmt: str) -> list[Record]:
             i += 1
             continue
         if not _INT_LINE.fullmatch(lines[i]):
-            j = next_header(i + 1)
-            if not records and j >= n_lines:
+            if not records and next_header(i + 1) >= n_lines:
                 raise StructureReadError(path, f"line {i + 1} is not an atom count: not an XYZ file")
+            if i + 1 < n_lines and _INT_LINE.fullmatch(lines[i + 1]):
+                i += 1  # a stray line before a count line: not a frame
+                continue
+            # a frame whose count line is broken: its comment and atom lines follow
+            m = sum(1 for _ in _atom_like(lines, i + 2))
             error(i, f"expected an atom count, found {lines[i].strip()[:40]!r}")
-            i = j
+            i = i + 2 + m
             continue
         n = int(lines[i])
         end = i + 2 + n
         atom_lines = lines[i + 2:min(end, n_lines)]
         follows = lines[end] if end < n_lines else ""
-        if end > n_lines or any(len(a.split()) < 4 for a in atom_lines) or (
-                follows.strip() and not _INT_LINE.fullmatch(follows)):
+        too_few = len(follows.split()) >= 4 and not _INT_LINE.fullmatch(follows)  # an atom line follows
+        too_many = any(_INT_LINE.fullmatch(a) for a in atom_lines)  # the next count line was swallowed
+        if end > n_lines or too_few or too_many:
             m = sum(1 for _ in _atom_like(lines, i + 2))
             error(i, f"the count line says {n} atoms but {m} atom lines follow")
-            i = next_header(i + 2 + max(m, 0))
+            i = next_header(i + 2)
             continue
         try:
             with warnings.catch_warnings():
