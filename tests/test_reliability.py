@@ -379,8 +379,10 @@ TINY = ["--set", "model.representation={n_features: 8, n_interactions: 1, n_rbf:
 
 
 @pytest.mark.parametrize("case", ["empty", "single", "one_atom", "missing", "nan_only", "out_is_file",
-                                  "batch_zero", "bad_set", "bad_config", "bad_max_time"])
+                                  "batch_zero", "bad_set", "bad_config", "bad_max_time", "no_gpu"])
 def test_train_refuses_before_creating_anything(tmp_path, test_molecules, capsys, case):
+    if case == "no_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     data, out, extra = tmp_path / "d.extxyz", tmp_path / "run", []
     frames = _frames(test_molecules, n=3)
     if case == "empty":
@@ -401,8 +403,9 @@ def test_train_refuses_before_creating_anything(tmp_path, test_molecules, capsys
         out.write_text("a file")
     extra = {"batch_zero": ["--batch-size", "0"], "bad_set": ["--set", "optim.lrr=1"],
              "bad_config": ["--config", str(tmp_path / "missing.yaml")],
-             "bad_max_time": ["--max-time", "soon"]}.get(case, [])
-    argv = ["train", "--data", str(data), "--out", str(out), "--max-steps", "1", *TINY, *extra]
+             "bad_max_time": ["--max-time", "soon"], "no_gpu": ["--accelerator", "gpu"]}.get(case, [])
+    tiny = TINY if case != "no_gpu" else TINY[:2]
+    argv = ["train", "--data", str(data), "--out", str(out), "--max-steps", "1", *tiny, *extra]
     try:
         code = main(argv)
     except SystemExit as e:

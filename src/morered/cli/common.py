@@ -99,6 +99,7 @@ def check_output_file(path, option: str = "-o", inputs=()) -> Path:
         raise OutputError(f"{option} {path}: cannot write to folder {folder} (permission denied)")
     if path.exists() and not path.is_file():
         raise OutputError(f"{option} {path} exists and is not a regular file")
+    _probe(folder, option, path)
     for inp in inputs:
         if inp is not None and _same_file(path, Path(inp)):
             raise OutputError(f"{option} {path} is the input file {inp}; refusing to overwrite it "
@@ -121,6 +122,19 @@ def check_output_dir(path, option: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {path}: cannot write to {existing} (permission denied)")
     return path
+
+
+def _probe(folder: Path, option: str, path: Path) -> None:
+    """Create and remove a temporary file in ``folder``: the only sure test that the output's
+    temporary file can be written there (permissions, read-only mounts, /proc, a full quota)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as err:
+        raise OutputError(f"{option} {path}: cannot write to folder {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -281,6 +281,12 @@ def train(cfg: dict, out: str | Path) -> Path:
         torch.set_num_threads(int(tr["threads"]))
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
+    acc = str(tr["accelerator"])
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise OptionError(f"--accelerator {acc}: no CUDA GPU on this machine (use cpu or auto)")
+    if acc == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptionError("--accelerator mps: MPS is not available on this machine")
+
     # 1. data, validated before anything is created
     train_set, val_set, info = load_training_data(cfg)
     log.info("data: %s, %d train / %d val molecules", info["name"], info["n_train"], info["n_val"])
@@ -320,7 +326,7 @@ def _train(cfg, out, stop, train_set, val_set, info, skipped) -> Path:
     clock = RunClock()
     try:
         trainer = build_trainer(cfg, out, [clock, _StopCallback(stop)])
-    except (ValueError, RuntimeError) as err:  # Lightning: unknown accelerator, no GPU, bad precision, ...
+    except Exception as err:  # Lightning: unknown accelerator, no GPU, bad precision, ...
         raise OptionError(f"trainer options: {err}") from None
     stop.trainer = trainer
     t0 = time.time()
