@@ -15,8 +15,11 @@ Positions are in Å throughout.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
+import tempfile
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -48,6 +51,10 @@ __all__ = [
     "mol_with_positions",
     "write_trajectory",
     "check_output_format",
+    "atomic_write",
+    "remove_stale",
+    "progress_bar",
+    "one_line",
 ]
 
 PathLike = str | os.PathLike
@@ -109,8 +116,12 @@ def read_structures(path: PathLike, index: str | int | slice = ":") -> list[Reco
             structure.
     """
     path = Path(path)
+    if path.is_dir():
+        raise StructureReadError(path, "is a directory, not a structure file")
     if not path.is_file():
         raise StructureReadError(path, "no such file")
+    if not os.access(path, os.R_OK):
+        raise StructureReadError(path, "permission denied")
     fmt = _input_format(path)
     reader = _READERS.get(fmt, _read_ase)
     try:
@@ -118,10 +129,13 @@ def read_structures(path: PathLike, index: str | int | slice = ":") -> list[Reco
     except StructureReadError:
         raise
     except Exception as err:
-        raise StructureReadError(path, f"{type(err).__name__}: {err}") from err
+        raise StructureReadError(path, one_line(f"{type(err).__name__}: {err}")) from err
     if not any(r.atoms is not None for r in records):
-        first = next((r.error for r in records if r.error), "no structures found")
-        raise StructureReadError(path, first)
+        first = next((r for r in records if r.error), None)
+        if first is None:
+            raise StructureReadError(path, "no structures found")
+        more = f" (none of its {len(records)} records is readable)" if len(records) > 1 else ""
+        raise StructureReadError(path, f"{first.name}: {first.error}{more}")
     _make_names_unique(records)
     try:
         selected = records[string2index(index) if isinstance(index, str) else index]
@@ -202,7 +216,87 @@ def _implicit_hydrogens(mol: Chem.Mol) -> int:
         return 0
 
 
+_INT_LINE = re.compile(r"\s*\d+\s*")
+
+
+def _read_xyz(path: Path, fmt: str) -> list[Record]:
+    """(Extended) XYZ frame by frame: a frame that does not parse becomes an error record naming
+    the frame and its line, and reading resumes at the next atom-count line.
+
+    A frame is ``count`` line, comment line, ``count`` atom lines. When the atom lines do not
+    match the count (too few or too many), the frame is an error and reading resumes at the next
+    line holding a lone integer. When a count line is not a number, that frame is an error and
+    the next frame is taken to start after its atom lines (lines with a symbol and 3 or more
+    fields); a stray line right before a count line is skipped. Limitation: a frame with a wrong
+    count followed directly by one with a non-numeric count line become one error record.
+    """
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    records: list[Record] = []
+    i, n_lines = 0, len(lines)
+
+    def next_header(j: int) -> int:
+        while j < n_lines and not _INT_LINE.fullmatch(lines[j]):
+            j += 1
+        return j
+
+    def error(start: int, reason: str) -> None:
+        k = len(records)
+        comment = lines[start + 1] if start + 1 < n_lines else ""
+        m = re.search(r"(?:^|\s)(?:name|id)=(\"[^\"]*\"|\S+)", comment)
+        name = m.group(1).strip('"').strip() if m else ""
+        records.append(Record(name or f"{path.name}:{k}", k, None, None,
+                              f"frame {k} (line {start + 1}): {reason}"))
+
+    while i < n_lines:
+        if not lines[i].strip():
+            i += 1
+            continue
+        if not _INT_LINE.fullmatch(lines[i]):
+            if not records and next_header(i + 1) >= n_lines:
+                raise StructureReadError(path, f"line {i + 1} is not an atom count: not an XYZ file")
+            if i + 1 < n_lines and _INT_LINE.fullmatch(lines[i + 1]):
+                i += 1  # a stray line before a count line: not a frame
+                continue
+            # a frame whose count line is broken: its comment and atom lines follow
+            m = sum(1 for _ in _atom_like(lines, i + 2))
+            error(i, f"expected an atom count, found {lines[i].strip()[:40]!r}")
+            i = i + 2 + m
+            continue
+        n = int(lines[i])
+        end = i + 2 + n
+        atom_lines = lines[i + 2:min(end, n_lines)]
+        follows = lines[end] if end < n_lines else ""
+        too_few = len(follows.split()) >= 4 and not _INT_LINE.fullmatch(follows)  # an atom line follows
+        too_many = any(_INT_LINE.fullmatch(a) for a in atom_lines)  # the next count line was swallowed
+        if end > n_lines or too_few or too_many:
+            m = sum(1 for _ in _atom_like(lines, i + 2))
+            error(i, f"the count line says {n} atoms but {m} atom lines follow")
+            i = next_header(i + 2)
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                atoms = ase.io.read(io.StringIO("\n".join(lines[i:end]) + "\n"), 0, format="extxyz")
+        except Exception as err:  # ase raises many types for a bad frame
+            error(i, one_line(f"{type(err).__name__}: {err}"))
+        else:
+            k = len(records)
+            records.append(Record(_name_from_info(atoms.info, path, k), k, atoms))
+        i = end
+    return records
+
+
+def _atom_like(lines: list[str], j: int):
+    """Lines from ``j`` on that look like atom lines (symbol and 3 or more fields)."""
+    while j < len(lines) and len(lines[j].split()) >= 4 and not _INT_LINE.fullmatch(lines[j]):
+        yield lines[j]
+        j += 1
+
+
 _READERS: dict[str, Callable[[Path, str], list[Record]]] = {
+    "extxyz": _read_xyz,
+    "xyz": _read_xyz,
     "db": _read_db,
     "sdf": _read_sdf,
     "sd": _read_sdf,
@@ -251,7 +345,29 @@ def _capture_rdkit_errors():
 def _rdkit_messages(capture) -> str:
     text = capture.messages if isinstance(capture.messages, str) else "\n".join(capture.messages)
     lines = [re.sub(r"^\[[\d:]+\]\s*(ERROR:\s*)?", "", line).strip() for line in text.splitlines()]
-    return "; ".join(line for line in lines if line and "moving to the beginning" not in line)
+    return one_line("; ".join(line for line in lines if line and "moving to the beginning" not in line))
+
+
+#: the longest reason kept in an errors file or message
+MAX_REASON = 300
+
+
+def one_line(text: str, limit: int = MAX_REASON) -> str:
+    """``text`` as one line for an errors file or a message: C++ stack traces (RDKit's ``****``
+    blocks: ``Violation occurred on line ...``, ``Failed Expression``, numbered frames) dropped,
+    whitespace collapsed, cut at ``limit`` characters."""
+    kept = []
+    for line in str(text).splitlines():
+        t = line.strip()
+        if (not t or set(t) <= set("*=-") or _TRACE_LINE.match(t)):
+            continue
+        kept.append(t)
+    out = " ".join(" ".join(kept).split())
+    return out if len(out) <= limit else out[:limit - 3].rstrip() + "..."
+
+
+_TRACE_LINE = re.compile(r"(Violation occurred on line|Failed Expression|RDKIT:|BOOST:|\d+#|#\d+\s|"
+                         r"at 0x|in /|File \"|Traceback)")
 
 
 # ----------------------------------------------------------------------------------- RDKit
@@ -344,19 +460,31 @@ def _from_text(text: str) -> Any:
 # ----------------------------------------------------------------------------------- validation
 
 
+#: the largest interatomic distance in QM9 (Å), for models that do not store their own
+QM9_MAX_DISTANCE = 12.04
+
+
 def validate(atoms: Atoms, *, elements: set[int], max_atoms: int,
-             min_distance: float = MIN_DISTANCE) -> str | None:
+             min_distance: float = MIN_DISTANCE, max_extent: float | None = None,
+             max_gap: float | None = None) -> str | None:
     """Why a model trained on ``elements`` cannot relax ``atoms``, or None if it can.
 
     Checks: at least 2 and at most ``max_atoms`` atoms, only known elements, finite
-    coordinates, no pair of atoms closer than ``min_distance``. Periodic cells are ignored
-    (distances without minimum image).
+    coordinates, no pair of atoms closer than ``min_distance``, no pair farther apart than
+    ``max_extent`` (a far-away atom or fragment: the model never saw such a structure, and the
+    reverse step, which scales positions about the centroid, would drag the others along), and
+    no group of atoms more than ``max_gap`` from all the others (disconnected fragments the
+    network cannot see from each other). Periodic cells are ignored (distances without minimum
+    image).
 
     Args:
         atoms: the structure, positions ``[n_atoms, 3]`` in Å.
         elements: atomic numbers the model was trained on.
         max_atoms: the largest structure the model accepts.
         min_distance: smallest allowed interatomic distance, Å.
+        max_extent: largest allowed interatomic distance, Å (None: no limit).
+        max_gap: largest allowed distance between disconnected groups of atoms, Å (None: no
+            limit), e.g. the network's cutoff.
 
     Returns:
         ``"; "``-joined reasons, or None when the structure is fine.
@@ -380,15 +508,40 @@ def validate(atoms: Atoms, *, elements: set[int], max_atoms: int,
         reasons.append(f"non-finite coordinates (NaN or inf) for {len(bad)} atom(s), "
                        f"e.g. atom {bad[0]}")
     elif 2 <= n <= max_atoms:
-        overlap = _closest_pairs(numbers, positions, min_distance)
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e200 Å apart is just "too far"
+            diff = positions[:, None, :] - positions[None, :, :]  # [n, n, 3]
+            dist = np.sqrt((diff**2).sum(-1))  # [n, n]
+        overlap = _closest_pairs(numbers, dist, min_distance)
         if overlap:
             reasons.append(overlap)
+        far = _extent(numbers, dist, max_extent, max_gap)
+        if far:
+            reasons.append(far)
     return "; ".join(reasons) or None
 
 
-def _closest_pairs(numbers: np.ndarray, positions: np.ndarray, min_distance: float) -> str | None:
-    diff = positions[:, None, :] - positions[None, :, :]  # [n, n, 3]
-    dist = np.sqrt((diff**2).sum(-1))  # [n, n]
+def _extent(numbers: np.ndarray, dist: np.ndarray, max_extent: float | None,
+            max_gap: float | None) -> str | None:
+    if max_extent is not None:
+        a, b = np.unravel_index(np.argmax(dist), dist.shape)
+        if dist[a, b] > max_extent:
+            return (f"too spread out: atoms {a} ({_symbol(numbers[a])}) and {b} ({_symbol(numbers[b])}) are "
+                    f"{dist[a, b]:.3g} Å apart, the model supports at most {max_extent:.1f} Å "
+                    "(a misplaced atom or fragment?)")
+    if max_gap is not None:
+        from scipy.sparse.csgraph import connected_components
+
+        n_groups, label = connected_components(dist <= max_gap, directed=False)
+        if n_groups > 1:
+            sizes = np.bincount(label)
+            small = int(np.argmin(sizes))
+            first = int(np.flatnonzero(label == small)[0])
+            return (f"disconnected: {n_groups} groups of atoms more than {max_gap:g} Å apart (the model's "
+                    f"cutoff), e.g. atom {first} ({_symbol(numbers[first])}) in a group of {sizes[small]}")
+    return None
+
+
+def _closest_pairs(numbers: np.ndarray, dist: np.ndarray, min_distance: float) -> str | None:
     i, j = np.triu_indices(len(numbers), k=1)
     d = dist[i, j]
     close = np.flatnonzero(d < min_distance)
@@ -415,7 +568,9 @@ def write_structures(path: PathLike, records: Sequence[Record],
 
     Args:
         path: output file (``.xyz``, ``.extxyz``, ``.db``, ``.sdf`` or another format ASE
-            writes). It is replaced as a whole, only after every record was converted.
+            writes). It is replaced as a whole, only after every record was converted (written
+            to a temporary file in the same folder, then renamed). When no record has positions,
+            nothing is written and an earlier file at ``path`` is removed.
         records: the records that were relaxed.
         results: one dict per record: ``"positions"`` (``[n_atoms, 3]`` Å, or None when that
             record failed), optionally ``"error"`` (why it failed), and extra per-structure
@@ -442,12 +597,11 @@ def write_structures(path: PathLike, records: Sequence[Record],
             raise ValueError(f"record {record.name!r} has positions but no atoms")
         fields = {k: _plain(v) for k, v in result.items() if k not in ("positions", "error")}
         done.append((record, np.asarray(positions, dtype=np.float64).reshape(-1, 3), fields))
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        _WRITERS.get(fmt, _write_ase)(tmp, fmt, done)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if done:
+        with atomic_write(path) as tmp:
+            _WRITERS.get(fmt, _write_ase)(tmp, fmt, done)
+    else:  # nothing to write: no empty file (a 0-byte extxyz is not readable), no stale one
+        remove_stale(path)
     return failed
 
 
@@ -458,12 +612,64 @@ def errors_path(output: PathLike) -> Path:
 
 
 def write_errors(path: PathLike, records: Sequence[Record]) -> None:
-    """Write a CSV with columns ``index,name,reason`` (one row per record)."""
-    with open(path, "w", newline="") as f:
+    """Write a CSV with columns ``index,name,reason`` (one row per record, the reason on one
+    line), atomically; with no records, remove an earlier errors file at ``path`` instead (a
+    clean run leaves no stale errors behind)."""
+    if not records:
+        remove_stale(path)
+        return
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "name", "reason"])
         for r in records:
-            writer.writerow([r.index, r.name, r.error or ""])
+            writer.writerow([r.index, r.name, one_line(r.error or "")])
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike):
+    """Yield a temporary path in ``path``'s folder; on success it is renamed to ``path``
+    (``os.replace``: readers see the old file or the complete new one, never a half-written one);
+    on an exception (including KeyboardInterrupt) it is removed and ``path`` is left as it was.
+
+    Usage::
+
+        with atomic_write("out.csv") as tmp, open(tmp, "w") as f:
+            f.write(...)
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.is_dir():  # some writers (ase.db) would make a folder of a missing file: never
+            raise OSError(f"{tmp} became a directory")
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale(path: PathLike) -> None:
+    """Remove the file ``path`` if it exists (an output of an earlier run that this run does
+    not replace)."""
+    path = Path(path)
+    if path.is_file() or path.is_symlink():
+        path.unlink()
 
 
 def write_trajectory(path: PathLike, numbers: np.ndarray, positions_list: Sequence[np.ndarray],
@@ -484,7 +690,8 @@ def write_trajectory(path: PathLike, numbers: np.ndarray, positions_list: Sequen
         atoms = Atoms(numbers=numbers, positions=np.asarray(positions, dtype=np.float64))
         atoms.info.update(name=str(name), step=step, t_hat=_plain(t_hat))
         frames.append(atoms)
-    ase.io.write(path, frames, format="extxyz")
+    with atomic_write(path) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
 
 
 def _output_format(path: Path) -> str:
@@ -627,3 +834,25 @@ def check_output_format(path: PathLike) -> str:
     """The format :func:`write_structures` will use for ``path``; ValueError if it cannot write
     one (call before doing the work whose result goes there)."""
     return _output_format(Path(path))
+
+
+# ----------------------------------------------------------------------------------- progress
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", disable: bool = False, stream=None):
+    """A tqdm progress bar on stderr that does not flood logs: on a terminal it refreshes every
+    0.1 s; when stderr is not a terminal (CI, nohup, a cluster job) at most every
+    :data:`PROGRESS_LOG_INTERVAL` seconds, one line each (no carriage-return animation)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = sys.stderr if stream is None else stream
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=disable,
+                mininterval=0.1 if tty else PROGRESS_LOG_INTERVAL, maxinterval=max(10.0, PROGRESS_LOG_INTERVAL),
+                miniters=1 if tty else 0, dynamic_ncols=tty, ascii=not tty, ncols=None if tty else 80)
+
+
+#: seconds between progress lines when stderr is not a terminal
+PROGRESS_LOG_INTERVAL = float(os.environ.get("MORERED_PROGRESS_INTERVAL", "30"))

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 from ase import Atoms
 
+from morered.errors import ModelError, OptionError, StructureError
 from morered.sampling.models import LoadedModel, default_model, load_model, pair
 from morered.sampling.samplers import (DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, SAMPLERS, SamplerOptions,
                                       predict_steps)
@@ -45,7 +46,7 @@ class RelaxResult:
     trajectory_t: list[int] | None = None
     trajectory: list[np.ndarray] | None = field(default=None, repr=False)
     error: str | None = None
-    stop: str = ""
+    stop: str | None = None  # why it stopped (``Relaxed.stop``); None for a rejected input
 
     def frame_steps(self) -> list[int]:
         """The predicted (AS/JT) or scheduled (ITP/DDPM) step of each trajectory frame: frame k
@@ -62,9 +63,82 @@ class RelaxResult:
         return a
 
 
+def check_device(device) -> str:
+    """``device`` if torch can use it on this machine, else :class:`OptionError` saying why
+    (unknown name, no CUDA, index out of range)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except Exception:
+        raise OptionError(f"--device {device!r}: not a device (use cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cpu":
+        return str(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return str(device)
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise OptionError(f"--device {device}: MPS is not available on this machine")
+        return str(device)
+    raise OptionError(f"--device {device}: unsupported device type {dev.type!r} (use cpu, cuda or mps)")
+
+
+def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: int = DEFAULT_T_CONV,
+                        patience: int = DEFAULT_PATIENCE, t_eq: int = DEFAULT_T_EQ, t_start: int | None = None,
+                        final_step: str | None = None, batch_size: int = 128, T: int | None = None,
+                        max_atoms: int | None = None) -> None:
+    """:class:`OptionError` naming the first option out of range (before any work)."""
+    if variant not in VARIANTS:
+        raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    checks = [("batch_size", batch_size, 1), ("max_steps", max_steps, 0), ("patience", patience, 0),
+              ("t_eq", t_eq, -1), ("t_conv", t_conv, 0)]
+    for name, value, lo in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {lo}, not {value!r}")
+    if max_atoms is not None and (not isinstance(max_atoms, (int, np.integer)) or max_atoms < 2):
+        raise OptionError(f"--max-atoms must be an integer >= 2, not {max_atoms!r}")
+    if T is not None and t_conv > T:
+        raise OptionError(f"--t-conv must be in 0..{T}, not {t_conv}")
+    if variant == "ddpm":
+        if t_start is None:
+            raise OptionError("--variant ddpm needs --t-start (the diffusion step the inputs are at)")
+        if not isinstance(t_start, (int, np.integer)) or not 0 <= t_start <= (T if T is not None else 10**9):
+            raise OptionError(f"--t-start must be in 0..{T}, not {t_start!r}")
+    if final_step is not None and final_step not in ("mean", "x0"):
+        raise OptionError(f"final_step must be 'mean' or 'x0', not {final_step!r}")
+
+
+def model_limits(lm: LoadedModel, max_atoms: int | None = None) -> dict:
+    """What :func:`morered.io.validate` checks for this model: elements, the largest structure
+    (twice the largest training molecule), the largest interatomic distance (twice the largest
+    seen in training; for models that do not store it, QM9's 12.04 Å scaled with the cube root of
+    the molecule size) and the largest gap between groups of atoms (the network's cutoff)."""
+    from morered.io import QM9_MAX_DISTANCE
+
+    d = lm.max_distance
+    if d is None:
+        d = QM9_MAX_DISTANCE * max(1.0, lm.max_atoms / 29) ** (1 / 3)
+    cutoffs = [float(m.cutoff) for m in lm.model.modules()
+               if isinstance(getattr(m, "cutoff", None), (int, float)) and m.cutoff > 0]
+    return {"elements": lm.elements, "max_atoms": max_atoms if max_atoms is not None else 2 * lm.max_atoms,
+            "max_extent": 2 * d, "max_gap": min(cutoffs) if cutoffs else None}
+
+
 def resolve_model(model, variant: str, device="cpu", time_model=None) -> LoadedModel:
     """``model`` may be None (the shipped model for the variant), a path/name, or a LoadedModel;
-    ``time_model`` pairs a separate time predictor with a noise model (AS / ITP)."""
+    ``time_model`` pairs a separate time predictor with a noise model (AS / ITP).
+
+    Raises:
+        OptionError: unknown variant or unusable device; ModelError: a model that cannot be
+        loaded (missing, not a model file, pickled, incomplete) or does not fit the variant.
+    """
+    if variant not in VARIANTS:
+        raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    check_device(device)
     if isinstance(model, LoadedModel):
         lm = model
         lm.model.to(device)
@@ -77,14 +151,14 @@ def resolve_model(model, variant: str, device="cpu", time_model=None) -> LoadedM
         tm.model.to(device)
         lm = pair(lm, tm)
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+        raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
     if not lm.has_noise:
-        raise ValueError(f"{lm.source} is a time-only model: relaxation needs a noise model")
+        raise ModelError(f"{lm.source} is a time-only model: relaxation needs a noise model")
     if variant in ("jt", "as", "itp") and not lm.has_time:
-        raise ValueError(f"variant {variant!r} needs a time predictor; {lm.source} has none "
+        raise ModelError(f"variant {variant!r} needs a time predictor; {lm.source} has none "
                          "(pass time_model=..., or use variant='ddpm' with t_start)")
     if variant == "as" and lm.model_type == "jt":
-        raise ValueError(f"AS needs separate time and noise networks; {lm.source} is a JT model "
+        raise ModelError(f"AS needs separate time and noise networks; {lm.source} is a JT model "
                          "(use variant='jt', or pass time_model=...)")
     return lm
 
@@ -99,7 +173,10 @@ def _as_atoms(x) -> Atoms:
     if Chem is not None and isinstance(x, Chem.Mol):
         from morered.io import atoms_from_mol
 
-        return atoms_from_mol(x)
+        try:
+            return atoms_from_mol(x)
+        except ValueError as err:
+            raise StructureError(x.GetProp("_Name") if x.HasProp("_Name") else "molecule", str(err)) from None
     raise TypeError(f"expected ase.Atoms or rdkit Mol, got {type(x).__name__}")
 
 
@@ -153,25 +230,30 @@ def relax(
         progress: show a tqdm progress bar (True) or call ``progress(n_done)``.
     Returns:
         one :class:`RelaxResult` per input, in input order; rejected inputs carry ``error``.
+
+    Raises:
+        OptionError: an option out of range (checked before any work); ModelError: see
+        :func:`resolve_model`.
     """
     from morered.io import MIN_DISTANCE, validate
 
     single = not isinstance(structures, (list, tuple))
+    check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
+                        t_start=t_start, final_step=final_step, batch_size=batch_size, max_atoms=max_atoms)
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
     lm = resolve_model(model, variant, device, time_model)
-    limit = max_atoms if max_atoms is not None else 2 * lm.max_atoms
+    check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
+                        t_start=t_start, T=lm.schedule.T)
+    limits = model_limits(lm, max_atoms)
     results: list[RelaxResult | None] = [None] * len(atoms_list)
     todo = []
     for k, a in enumerate(atoms_list):
-        reason = validate(a, elements=lm.elements, max_atoms=limit,
-                          min_distance=MIN_DISTANCE if min_distance is None else min_distance)
+        reason = validate(a, **limits, min_distance=MIN_DISTANCE if min_distance is None else min_distance)
         if reason is not None:
             results[k] = RelaxResult(None, error=reason)
         else:
             todo.append(k)
     final_step = SamplerOptions.final_step if final_step is None else final_step
-    if final_step not in ("mean", "x0"):
-        raise ValueError(f"final_step must be 'mean' or 'x0', not {final_step!r}")
     opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic, final_step=final_step,
                           patience=patience, t_eq=t_eq,
                           batch_size=batch_size, seed=seed, device=device,
@@ -181,9 +263,9 @@ def relax(
     traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}
     bar = None
     if progress is True:
-        from tqdm.auto import tqdm
+        from morered.io import progress_bar
 
-        bar = tqdm(total=len(mols), desc=f"relax ({variant})", unit="mol")
+        bar = progress_bar(len(mols), f"relax ({variant})", "mol")
 
     def callback(ev):
         if trajectory:
@@ -210,16 +292,21 @@ def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, b
     The step t corresponds to Gaussian displacements of standard deviation sqrt(1 - alpha_bar_t)
     per coordinate (t = 50 / 100 / 150 ~ 0.12 / 0.25 / 0.38 Å RMSD for the default schedule).
     Returns a float array of integer steps, NaN for structures that fail validation.
+
+    Raises:
+        OptionError: bad batch size or device; ModelError: a model without a time head or one
+        that cannot be loaded.
     """
     from morered.io import validate
 
     single = isinstance(structures, Atoms)
+    check_relax_options(batch_size=batch_size, max_atoms=max_atoms)
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
     lm = load_time_model(time_model if time_model is not None else (model if model is not None else "jt"), device)
     T = lm.schedule.T
     scores = np.full(len(atoms_list), np.nan)
-    ok = [k for k, a in enumerate(atoms_list)
-          if validate(a, elements=lm.elements, max_atoms=max_atoms or 2 * lm.max_atoms) is None]
+    limits = model_limits(lm, max_atoms)
+    ok = [k for k, a in enumerate(atoms_list) if validate(a, **limits) is None]
     steps = predict_steps(lm.model, [(atoms_list[k].numbers, atoms_list[k].positions) for k in ok], T,
                           batch_size, device)
     scores[ok] = np.where(steps.numpy() >= 0, steps.numpy(), np.nan)
@@ -228,10 +315,11 @@ def score(structures: Atoms | Sequence[Atoms], model=None, *, time_model=None, b
 
 def load_time_model(model, device="cpu") -> LoadedModel:
     """A model that predicts diffusion steps (JT, time-only, or a pair): a shipped name, a path or
-    a LoadedModel; ValueError for a noise-only model."""
+    a LoadedModel; ModelError (a ValueError) for a noise-only model."""
+    check_device(device)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device)
     if not lm.has_time:
-        raise ValueError(f"{lm.source} has no time head: scoring needs a time predictor")
+        raise ModelError(f"{lm.source} has no time head: scoring needs a time predictor")
     return lm
 
 
@@ -257,11 +345,22 @@ class MoreRedOptimizer:
         self.nsteps = 0
 
     def run(self, steps: int = 1000) -> bool:
-        """Relax for at most ``steps`` reverse steps; returns whether it converged."""
+        """Relax for at most ``steps`` reverse steps; returns whether it converged.
+
+        Raises:
+            StructureError: the model cannot handle the structure (checked before anything
+                changes: ``atoms`` and the trajectory file are left as they were).
+        """
+        from morered.io import MIN_DISTANCE, validate
+
+        reason = validate(self.atoms, **model_limits(self.model, self.kwargs.get("max_atoms")),
+                          min_distance=self.kwargs.get("min_distance") or MIN_DISTANCE)
+        if reason is not None:
+            raise StructureError(self.atoms.get_chemical_formula() or "empty structure", f"cannot relax: {reason}")
         r = relax(self.atoms, self.model, self.variant, max_steps=steps, trajectory=self.trajectory is not None,
                   **self.kwargs)
         if r.error is not None:
-            raise ValueError(f"cannot relax {self.atoms.get_chemical_formula()}: {r.error}")
+            raise StructureError(self.atoms.get_chemical_formula(), f"cannot relax: {r.error}")
         self.result, self.nsteps = r, r.steps
         if self.trajectory is not None:
             import ase.io
@@ -272,7 +371,10 @@ class MoreRedOptimizer:
                 a.positions = x
                 a.info.update({"step": k, "t_hat": int(t)})
                 frames.append(a)
-            ase.io.write(str(self.trajectory), frames)
+            from morered.io import atomic_write
+
+            with atomic_write(self.trajectory) as tmp:
+                ase.io.write(str(tmp), frames, format=ase.io.formats.filetype(str(self.trajectory), read=False))
         self.atoms.positions = r.positions
         if self.logfile is not None:
             import sys

@@ -3,6 +3,7 @@ ship inside the package (``src/morered/models``)."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from morered.diffusion.schedule import NoiseSchedule
+from morered.errors import ModelError, OptionError
 from morered.nn.model import NoiseAndTime, build_model
 
 #: the shipped models by name
@@ -26,6 +28,7 @@ class LoadedModel:
     elements: set[int]
     max_atoms: int  # largest molecule seen in training
     source: str
+    max_distance: float | None = None  # largest interatomic distance seen in training (Å), if stored
 
     @property
     def has_time(self) -> bool:
@@ -38,10 +41,10 @@ class LoadedModel:
 
 def pretrained_path(name: str) -> Path:
     if name not in PRETRAINED:
-        raise ValueError(f"no shipped model {name!r}; shipped: {sorted(PRETRAINED)}")
+        raise ModelError(f"no shipped model {name!r}; shipped: {sorted(PRETRAINED)}")
     path = Path(str(resources.files("morered.models").joinpath(PRETRAINED[name])))
     if not path.exists():
-        raise FileNotFoundError(f"the shipped model {name!r} is missing from the installation ({path})")
+        raise ModelError(f"the shipped model {name!r} is missing from the installation ({path})")
     return path
 
 
@@ -50,36 +53,65 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
     training ``.ckpt`` (its EMA weights).  Loaded with ``weights_only=True``: no code is unpickled."""
     p = str(path_or_name)
     path = pretrained_path(p) if p in PRETRAINED and not Path(p).exists() else Path(p)
+    if path.is_dir():
+        raise ModelError(f"model {path} is a directory, not a model file (.pt/.ckpt)")
     if not path.exists():
-        raise FileNotFoundError(f"model file {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "morered" in ckpt:  # a Lightning checkpoint of `morered train`
+        raise ModelError(f"model file {path} not found (shipped models: {', '.join(sorted(PRETRAINED))})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused a pickled object: not run
+        raise ModelError(f"{path} holds pickled Python objects; refused without running them "
+                         f"(only morered .pt/.ckpt files with plain tensors load): {_first_line(err)}") from None
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise ModelError(f"{path} is not a model file (.pt/.ckpt): {_first_line(err)}") from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("morered"), dict):  # a Lightning checkpoint of `morered train`
         ckpt = ckpt["morered"]
-    if ckpt.get("format") != "morered-model/1":
-        raise ValueError(f"{path} is not a morered model (no 'format: morered-model/1')")
-    model = build_model(ckpt["model_args"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval().requires_grad_(False).to(device)
-    info = ckpt.get("dataset_info") or {}
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "morered-model/1":
+        raise ModelError(f"{path} is not a morered model (no 'format: morered-model/1')")
+    try:
+        model = build_model(ckpt["model_args"])
+        model.load_state_dict(ckpt["state_dict"])
+        schedule = NoiseSchedule.from_dict(ckpt["schedule"])
+        model_type = str(ckpt["model_type"])
+        info = ckpt.get("dataset_info") or {}
+        elements = set(int(z) for z in info.get("elements", range(1, 101)))
+        max_atoms = int(info.get("max_atoms", 10_000))
+        max_distance = info.get("max_distance")
+    except Exception as err:
+        raise ModelError(f"{path} is an incomplete or damaged morered model: {_first_line(err)}") from None
+    if model_type not in ("jt", "ddpm", "time"):
+        raise ModelError(f"{path}: unknown model type {model_type!r}")
+    try:
+        model.eval().requires_grad_(False).to(device)
+    except Exception as err:
+        raise OptionError(f"--device {device}: {_first_line(err)}") from None
     return LoadedModel(
         model=model,
-        schedule=NoiseSchedule.from_dict(ckpt["schedule"]),
-        model_type=ckpt["model_type"],
-        elements=set(info.get("elements", range(1, 101))),
-        max_atoms=int(info.get("max_atoms", 10_000)),
+        schedule=schedule,
+        model_type=model_type,
+        elements=elements,
+        max_atoms=max_atoms,
         source=str(path),
+        max_distance=None if max_distance is None else float(max_distance),
     )
+
+
+def _first_line(err: Exception) -> str:
+    text = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+    return text[:200]
 
 
 def pair(noise: LoadedModel, time: LoadedModel) -> LoadedModel:
     """A separate noise model and time predictor used together (MoreRed-AS / -ITP)."""
     if not noise.has_noise or not time.has_time:
-        raise ValueError(f"need a noise model and a time model, got {noise.model_type} and {time.model_type}")
+        raise ModelError(f"need a noise model and a time model, got {noise.model_type} and {time.model_type}")
     if noise.schedule.to_dict() != time.schedule.to_dict():
-        raise ValueError("the noise and time models were trained with different schedules")
+        raise ModelError("the noise and time models were trained with different schedules")
+    dists = [d for d in (noise.max_distance, time.max_distance) if d is not None]
     return LoadedModel(
         NoiseAndTime(noise.model, time.model), noise.schedule, "pair",
         noise.elements & time.elements, min(noise.max_atoms, time.max_atoms), f"{noise.source} + {time.source}",
+        min(dists) if dists else None,
     )
 
 

@@ -9,6 +9,15 @@ from pathlib import Path
 
 import yaml
 
+from morered.errors import OptionError
+
+
+class ConfigKeyError(OptionError, KeyError):
+    """An unknown config key (almost always a typo)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 
 def default_config() -> dict:
     return yaml.safe_load(resources.files("morered.configs").joinpath("default.yaml").read_text())
@@ -23,7 +32,7 @@ def merge(base: dict, update: dict, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for k, v in update.items():
         if k not in out and path.rstrip(".").split(".")[-1] not in OPEN_SECTIONS:
-            raise KeyError(f"unknown config key {path + k!r}")
+            raise ConfigKeyError(f"unknown config key {path + k!r}")
         if isinstance(out[k], dict) and isinstance(v, dict) and k not in OPEN_SECTIONS:
             out[k] = merge(out[k], v, f"{path}{k}.")
         elif isinstance(out[k], dict) and isinstance(v, dict):
@@ -47,9 +56,14 @@ def set_key(config: dict, dotted: str, value) -> dict:
 def parse_override(text: str) -> tuple[str, object]:
     """``"optim.lr=5e-4"`` -> ``("optim.lr", 0.0005)`` (value parsed as YAML)."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form key=value")
+        raise OptionError(f"--set {text!r} is not of the form key=value")
     key, value = text.split("=", 1)
-    v = yaml.safe_load(value)
+    if not key.strip():
+        raise OptionError(f"--set {text!r}: empty key")
+    try:
+        v = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise OptionError(f"--set {text!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
     if isinstance(v, str) and re.fullmatch(r"[-+]?\d*\.?\d+([eE][-+]?\d+)?", v):
         v = float(v)
     return key.strip(), v
@@ -59,7 +73,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     """Defaults <- YAML file <- overrides (``["a.b=1", ...]`` or ``{"a.b": 1}``)."""
     cfg = default_config()
     if path is not None:
-        cfg = merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+        path = Path(path)
+        if not path.is_file():
+            raise OptionError(f"--config {path}: {'is a directory' if path.is_dir() else 'no such file'}")
+        try:
+            user = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise OptionError(f"--config {path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+        if user is not None and not isinstance(user, dict):
+            raise OptionError(f"--config {path}: expected a mapping of config keys, got {type(user).__name__}")
+        cfg = merge(cfg, user or {})
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     for k, v in items:
         cfg = set_key(cfg, k, v)
@@ -68,26 +91,74 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 def validate(cfg: dict) -> None:
+    """OptionError naming the first config value that cannot work (before anything is created)."""
     if cfg["model_type"] not in ("jt", "ddpm", "time"):
-        raise ValueError(f"model_type must be jt, ddpm or time, not {cfg['model_type']!r}")
+        raise OptionError(f"model_type must be jt, ddpm or time, not {cfg['model_type']!r}")
     if str(cfg["trainer"]["precision"]).startswith("16"):
         # the GradScaler needs Lightning's automatic optimisation; ours is manual (to skip bad
         # batches on every rank together), so fp16 loss scaling is not supported
-        raise ValueError("precision 16-mixed is not supported: use bf16-mixed (GPUs since Ampere) or 32-true")
-    if not 0.0 <= float(cfg["diffusion"]["low_t_fraction"]) <= 1.0:
-        raise ValueError("diffusion.low_t_fraction must be in [0, 1]")
+        raise OptionError("precision 16-mixed is not supported: use bf16-mixed (GPUs since Ampere) or 32-true")
+    try:
+        low = float(cfg["diffusion"]["low_t_fraction"])
+    except (TypeError, ValueError):
+        low = -1.0
+    if not 0.0 <= low <= 1.0:
+        raise OptionError("diffusion.low_t_fraction must be in [0, 1]")
+    ints = {"data.batch_size": 1, "data.num_workers": 0, "trainer.val_every_steps": 1,
+            "trainer.checkpoint_every_steps": 1, "trainer.log_every_steps": 1, "trainer.num_nodes": 1,
+            "data.limit_train": 1, "data.limit_val": 1, "trainer.threads": 1, "seed": 0,
+            "trainer.max_steps": -1, "trainer.max_epochs": -1}
+    for key, lo in ints.items():
+        v = _get(cfg, key)
+        if v is None and key in ("data.limit_train", "data.limit_val", "trainer.threads"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < lo:
+            raise OptionError(f"{key} must be an integer >= {lo}, not {v!r}")
+    if _get(cfg, "trainer.max_steps") == 0:
+        raise OptionError("trainer.max_steps must be >= 1 (or -1: no limit)")
+    for key in ("optim.lr", "optim.ema_decay", "optim.grad_clip"):
+        v = _get(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise OptionError(f"{key} must be a positive number, not {v!r}")
+    minutes = _get(cfg, "trainer.checkpoint_every_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0):
+        raise OptionError(f"trainer.checkpoint_every_minutes must be a number >= 0 (0: off), not {minutes!r}")
+    parse_duration(cfg["trainer"]["max_time"])
+    for key in ("val_fraction", "test_fraction"):
+        v = cfg["data"][key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise OptionError(f"data.{key} must be in [0, 1), not {v!r}")
+
+
+def _get(cfg: dict, dotted: str):
+    node = cfg
+    for k in dotted.split("."):
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
 
 
 def parse_duration(text) -> float | None:
     """Seconds from ``"90s"``, ``"50m"``, ``"2h"``, ``"1:30:00"``, ``"DD:HH:MM:SS"`` or a number."""
     if text is None:
         return None
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not 0 < float(text) < float("inf"):
+            raise OptionError(f"--max-time {text!r}: must be a positive duration")
         return float(text)
     t = str(text).strip()
-    m = re.fullmatch(r"([\d.]+)\s*([smhd]?)", t)
+    bad = OptionError(f"--max-time {text!r}: not a duration (e.g. 90s, 50m, 2h, 1:30:00)")
+    m = re.fullmatch(r"(\d+\.?\d*|\.\d+)\s*([smhd]?)", t)
     if m:
-        return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    parts = [float(p) for p in t.split(":")]
-    scale = [1, 60, 3600, 86400]
-    return sum(p * scale[k] for k, p in enumerate(reversed(parts)))
+        value = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    else:
+        try:
+            parts = [float(p) for p in t.split(":")]
+        except ValueError:
+            raise bad from None
+        if len(parts) > 4 or any(p < 0 for p in parts):
+            raise bad
+        scale = [1, 60, 3600, 86400]
+        value = sum(p * scale[k] for k, p in enumerate(reversed(parts)))
+    if not value > 0 or value == float("inf"):
+        raise bad
+    return value
