@@ -17,6 +17,10 @@ def add_parser(sub):
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.set_defaults(func=_bench_train)
     _add_benchmark_relax(bsub)
+    from morered.evaluation.speed import add_cli_arguments as add_speed
+
+    add_speed(bsub.add_parser("speed", help="MoreRed-JT (kernels, threads, batch, stopping rule) vs MMFF94 vs "
+                              "GFN2-xTB: structures/s and accuracy in one run"))
 
 
 def _bench_train(args) -> int:
