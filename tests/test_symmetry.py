@@ -1,4 +1,5 @@
-"""Equivariance of the noise head and invariance of the time head, in float64."""
+"""Equivariance of the noise head and invariance of the time head, in float64, for every
+representation (PaiNN and SO3Net)."""
 
 import pytest
 import torch
@@ -8,10 +9,10 @@ from morered import properties as P
 from morered.nn.model import DiffusionModel
 
 
-@pytest.fixture(scope="module")
-def setup(test_molecules):
+@pytest.fixture(scope="module", params=["painn", "so3net"])
+def setup(test_molecules, request):
     torch.manual_seed(0)
-    model = DiffusionModel({"n_features": 16, "n_interactions": 2, "n_rbf": 8}).double().eval()
+    model = DiffusionModel({"name": request.param, "n_features": 16, "n_interactions": 2, "n_rbf": 8}).double().eval()
     batch = test_molecules.batch(range(4))
     batch[P.R] = batch[P.R].double()
     t = torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=torch.float64)

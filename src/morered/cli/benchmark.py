@@ -28,7 +28,7 @@ def _bench_train(args) -> int:
     cfg = load_config(args.config, args.set)
     r = bench_train(cfg, args.batch_size, args.batches, device=args.device)
     rep = cfg["model"]["representation"]
-    print(f"model {cfg['model_type']}: PaiNN {rep['n_features']} features x {rep['n_interactions']} blocks, "
+    print(f"model {cfg['model_type']}: {rep.get('name', 'painn')} {rep['n_features']} features x {rep['n_interactions']} blocks, "
           f"{r['parameters']} parameters; batches of {args.batch_size} QM9 molecules "
           f"({r['atoms_per_batch']:.0f} atoms), device {args.device}, {r['threads']} threads")
     print(f"training : {r['train_mol_s']:8.1f} molecules/s")
