@@ -179,7 +179,8 @@ def test_train_and_benchmark_commands(qm7x_dir, tmp_path, monkeypatch):
     assert rc in (0, None)
     info = json.loads((out / "summary.json").read_text())["dataset"]
     assert info["name"] == "qm7x" and info["n_train"] > 0 and info["n_val"] > 0
-    split = json.loads((tmp_path / "cache" / "qm7x_split_seed0.json").read_text())
+    (split_file,) = (tmp_path / "cache").glob("qm7x_split_*_seed0.json")
+    split = json.loads(split_file.read_text())
     res = run_relax_benchmark(n=None, out=tmp_path / "bench", methods=("identity",), dataset="qm7x",
                               data_dir=qm7x_dir, progress=False)
     kinds = {r["kind"] for r in res["rows"]}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,11 +228,13 @@ def split_graphs(graphs, seed: int = 0, n_train: int | None = None, n_val: int |
 def load_split(path, split_file=None, seed: int = 0, graphs=None) -> dict:
     """The split of the data at ``path``: read from ``split_file`` if it exists, else made by
     :func:`split_graphs` (from ``graphs``, or the graphs of the equilibrium structures) and written
-    to ``split_file`` (default ``$MORERED_CACHE/qm7x_split_seed{seed}.json``) as JSON
+    to ``split_file`` (default ``$MORERED_CACHE/qm7x_split_<crc32 of the resolved path>_seed{seed}.json``,
+    so that another copy or subset of QM7-X gets its own split) as JSON
     ``{"train": [m...], "val": [m...], "test": [m...], "seed": ..., "by": ...}``."""
     from morered.data.qm9 import cache_dir
 
-    f = Path(split_file) if split_file else cache_dir() / f"qm7x_split_seed{seed}.json"
+    tag = zlib.crc32(str(Path(path).resolve()).encode())
+    f = Path(split_file) if split_file else cache_dir() / f"qm7x_split_{tag:08x}_seed{seed}.json"
     if f.exists():
         s = json.loads(f.read_text())
         missing = [k for k in ("train", "val", "test") if k not in s]
