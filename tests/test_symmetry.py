@@ -1,4 +1,5 @@
-"""Equivariance of the noise head and invariance of the time head, in float64."""
+"""Equivariance of the noise head and invariance of the time head, in float64, for every
+representation (PaiNN and SO3Net)."""
 
 import pytest
 import torch
@@ -8,12 +9,14 @@ from morered import properties as P
 from morered.nn.model import DiffusionModel
 
 
-@pytest.fixture(scope="module", params=["dense", "edges", "mixed"])
+@pytest.fixture(scope="module", params=["dense", "edges", "mixed", "so3net"])
 def setup(test_molecules, request):
-    """Every symmetry holds for both PaiNN kernels, and for a batch split between them."""
+    """Every symmetry holds for both PaiNN kernels, for a batch split between them, and for SO3Net."""
     torch.manual_seed(0)
-    model = DiffusionModel({"n_features": 16, "n_interactions": 2, "n_rbf": 8}).double().eval()
-    model.kernel = "edges" if request.param == "edges" else "dense"
+    name = "so3net" if request.param == "so3net" else "painn"
+    model = DiffusionModel({"name": name, "n_features": 16, "n_interactions": 2, "n_rbf": 8}).double().eval()
+    if name == "painn":
+        model.kernel = "edges" if request.param == "edges" else "dense"
     if request.param == "mixed":  # molecules above 9 atoms take the edge list inside forward_dense
         model.representation.max_dense_atoms = 9
     batch = test_molecules.batch(range(4))

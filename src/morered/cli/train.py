@@ -15,6 +15,8 @@ def add_parser(sub):
     p.add_argument("--config", help="YAML file overriding the packaged defaults")
     p.add_argument("--out", required=True, help="folder for checkpoints, logs and the exported model")
     p.add_argument("--data", help="own equilibrium structures (xyz, extxyz, ASE db, sdf, ...) instead of QM9")
+    p.add_argument("--dataset", choices=["qm9", "qm7x"], help="a known data set (default qm9); qm7x needs --data-dir")
+    p.add_argument("--data-dir", help="qm7x: folder of the official QM7-X HDF5 files")
     p.add_argument("--max-steps", type=positive_int, help="optimizer steps")
     p.add_argument("--max-time", help="wall-time budget, e.g. 50m, 2h, 1:30:00")
     p.add_argument("--limit-train", type=positive_int, help="train on the first N training molecules")
@@ -44,7 +46,8 @@ def run(args) -> int:
         raise InputError(f"--data {args.data}: {'is a directory' if Path(args.data).is_dir() else 'no such file'}")
 
     flags = {
-        "model_type": args.model_type, "data.source": args.data, "trainer.max_steps": args.max_steps,
+        "model_type": args.model_type, "data.source": args.data or args.dataset, "data.data_dir": args.data_dir,
+        "trainer.max_steps": args.max_steps,
         "trainer.max_time": args.max_time, "data.limit_train": args.limit_train, "seed": args.seed,
         "init_from": args.init_from,
         "data.batch_size": args.batch_size, "trainer.devices": int_or_str(args.devices),

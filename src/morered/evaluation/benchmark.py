@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from morered.evaluation.baselines import BASELINES, BaselineResult, available, omp_threads
-from morered.evaluation.inputs import Structures, input_settings, make_inputs, qm9_references, read_user_inputs
+from morered.evaluation.inputs import (Structures, input_settings, make_inputs, qm7x_inputs, qm9_references,
+                                      read_user_inputs)
 from morered.evaluation.report import summarize, write_report
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_rmsd, rmsd_ratio
 from morered.sampling.api import relax, resolve_model
@@ -102,11 +103,20 @@ def _run_morered(variant, inputs: Structures, valid, model, max_steps, seed, bat
     return results, wall, torch.get_num_threads()
 
 
-def _benchmark_inputs(n, seed, kinds, inputs, refs, id_field, n_normal_mode, temperature, cache, progress):
+def _benchmark_inputs(n, seed, kinds, inputs, refs, id_field, n_normal_mode, temperature, cache, progress,
+                      data_dir=None):
     """``({kind: inputs}, {kind: references}, {kind: seconds to make them}, description)``."""
     inputs_by_kind: dict[str, Structures] = {}
     refs_by_kind: dict[str, Structures] = {}
     input_seconds: dict[str, float] = {}
+    if data_dir is not None:  # QM7-X: its own displaced structures, no generated kinds
+        t0 = time.perf_counter()
+        inputs_by_kind, r = qm7x_inputs(data_dir, n, seed)
+        refs_by_kind = {k: r for k in inputs_by_kind}
+        input_seconds["qm7x"] = time.perf_counter() - t0
+        return inputs_by_kind, refs_by_kind, input_seconds, (
+            f"QM7-X test graphs in {data_dir}, {len(r)} references chosen by seed {seed}, closest / middle / "
+            "farthest displaced structure by RMSD")
     if inputs is not None or refs is not None:
         if inputs is None or refs is None:
             raise ValueError("give both inputs and refs, or neither")
@@ -222,6 +232,8 @@ def run_relax_benchmark(
     batch_size: int = 128,
     id_field: str = "id",
     cache: bool = True,
+    dataset: str = "qm9",
+    data_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Relax the same inputs with every method and write a report (SPEC §7, paper Fig. 4).
 
@@ -277,6 +289,9 @@ def run_relax_benchmark(
         batch_size: structures per MoreRed batch.
         id_field: the id field of the user's files.
         cache: read and write generated inputs under ``$MORERED_CACHE/benchmark_inputs``.
+        dataset, data_dir: ``qm7x`` with the folder of its HDF5 files: the inputs are QM7-X's own
+            displaced structures of ``n`` test references (kinds ``qm7x_closest``, ``qm7x_middle``,
+            ``qm7x_farthest``; ``kinds`` is ignored), as in the paper.
     Returns:
         ``{"rows": [...], "summary": [...], "files": {name: path}, "skipped": {method: reason},
         "missing_inputs": {kind: [...]}, "timings": {(method, kind): {...}}}``.
@@ -286,13 +301,18 @@ def run_relax_benchmark(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
-    if inputs is None and refs is None:
+    if dataset not in ("qm9", "qm7x") or (dataset == "qm7x") != (data_dir is not None):
+        raise ValueError("dataset must be qm9, or qm7x together with data_dir")
+    if dataset == "qm7x" and (inputs is not None or refs is not None):
+        raise ValueError("give either the QM7-X data_dir or your own inputs and refs, not both")
+    if inputs is None and refs is None and dataset == "qm9":
         for kind in kinds:
             input_settings(kind)  # unknown kinds fail here, before any work
 
     # inputs -------------------------------------------------------------------------------
     inputs_by_kind, refs_by_kind, input_seconds, source = _benchmark_inputs(
-        n, seed, kinds, inputs, refs, id_field, n_normal_mode, temperature, cache, progress)
+        n, seed, kinds, inputs, refs, id_field, n_normal_mode, temperature, cache, progress,
+        data_dir if dataset == "qm7x" else None)
     missing = {k: [f"{s.ids[i]}: {s.errors[i]}" for i in range(len(s)) if s.positions[i] is None]
                for k, s in inputs_by_kind.items()}
     missing = {k: v for k, v in missing.items() if v}
@@ -365,6 +385,9 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--xtb-energy", action="store_true", help="GFN2-xTB ΔE for every structure")
     p.add_argument("--inputs", help="your own inputs (any ASE format or SDF), with --refs")
     p.add_argument("--refs", help="references for --inputs, matched by --id-field")
+    p.add_argument("--dataset", choices=["qm9", "qm7x"], default="qm9",
+                   help="qm7x: QM7-X's own displaced structures (closest/middle/farthest) of --n test references")
+    p.add_argument("--data-dir", help="qm7x: folder of the official QM7-X HDF5 files")
     p.add_argument("--id-field", default="id", help="atoms.info key / SDF property holding the id (default: id; else name or index)")
     p.add_argument("--model", help="MoreRed model (.pt/.ckpt or shipped name; default: the shipped ones)")
     p.add_argument("--time-model", help="separate time predictor paired with --model (e.g. for AS)")
@@ -388,7 +411,7 @@ def _cli_run(args) -> int:
         max_steps=args.max_steps, dft=args.dft, xtb_energy=args.xtb_energy, inputs=args.inputs,
         refs=args.refs, model=args.model, time_model=args.time_model, progress=not args.quiet, n_normal_mode=args.n_normal_mode,
         temperature=args.temperature, fmax=args.fmax, batch_size=args.batch_size, id_field=args.id_field,
-        cache=not args.no_cache,
+        cache=not args.no_cache, dataset=args.dataset, data_dir=args.data_dir,
     )
     print(Path(res["files"]["summary.md"]).read_text())
     return 0

@@ -400,3 +400,20 @@ def read_user_inputs(inputs, refs, id_field: str = "id") -> tuple[Structures, St
     x.kind = "user"
     ref = Structures(x.ids.copy(), [r.numbers[j] for j in idx], [r.positions[j] for j in idx], kind="reference")
     return x, ref
+
+
+def qm7x_inputs(data_dir, n: int | None = None, seed: int = 0, split_file=None) -> tuple[dict, Structures]:
+    """QM7-X's own displaced structures of test references, the paper's way (closest, middle and
+    farthest by RMSD per reference): ``({"qm7x_closest": inputs, ...}, references)``."""
+    from morered.data.qm7x import KINDS, relaxation_set
+
+    s = relaxation_set(data_dir, split_file, seed, n)
+    r = s["refs"]
+    ids = np.asarray(r["keys"], dtype=str)
+    refs = Structures(ids, r["numbers"], r["positions"], kind="reference")
+    inputs = {}
+    for kind in KINDS:
+        errors = [None if x is not None else "no readable displaced structure" for x in s[kind]["positions"]]
+        inputs[f"qm7x_{kind}"] = Structures(ids.copy(), [z.copy() for z in r["numbers"]], s[kind]["positions"],
+                                            errors, f"qm7x_{kind}")
+    return inputs, refs

@@ -19,8 +19,9 @@ from morered import properties as P
 from morered.data.batch import full_graph, radius_graph
 from morered.nn.heads import NoiseHead, TimeHead
 from morered.nn.painn import PaiNN
+from morered.nn.so3net import SO3Net
 
-REPRESENTATIONS = {"painn": PaiNN}
+REPRESENTATIONS = {"painn": PaiNN, "so3net": SO3Net}
 
 
 def _fill_time(t_norm: torch.Tensor | None, t_pred: torch.Tensor | None) -> torch.Tensor:

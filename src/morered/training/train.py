@@ -41,6 +41,15 @@ def load_training_data(cfg: dict) -> tuple[Molecules, Molecules, dict]:
         ids = split_ids(mols)
         train, val = mols.select_ids(ids["train"]), mols.select_ids(ids["val"])
         name = "qm9"
+    elif d["source"] == "qm7x":
+        from morered.data.qm7x import training_data
+
+        if not d["data_dir"]:
+            raise ValueError("data.source qm7x needs data.data_dir (--data-dir): the folder of the QM7-X HDF5 files")
+        train, val, errors = training_data(d["data_dir"], d["split_file"], cfg["seed"])
+        for e in errors:
+            log.warning("QM7-X: skipped %s", e)
+        name = "qm7x"
     else:
         from morered.data.structures import split_structures
 
