@@ -1,6 +1,13 @@
 """Copy trained models into the package and record how they were trained.
 
     python scripts/ship_models.py runs/jt runs/ddpm runs/time
+    python scripts/ship_models.py runs/jt_stage2 --hardware "2-core CPU, 1 thread, shared"
+
+For each run folder: ``best.pt`` (EMA weights with the lowest validation loss) becomes
+``src/morered/models/<model_type>.pt``.  A run that warm-started from a model file
+(``init_from`` in its config, ``morered train --init-from``) is a *stage*: it is appended to the
+model's ``stages`` in ``trained.json`` (command, hardware, steps, wall time, validation losses),
+and the totals add up over the stages.
 
 For each run folder: ``best.pt`` (EMA weights with the lowest validation loss) becomes
 ``src/morered/models/<model_type>.pt`` (its training input is the committed ``<model_type>.yaml``);
@@ -25,14 +32,22 @@ def val_history(run: Path) -> list[list[float]]:
     return sorted(rows)
 
 
+args = sys.argv[1:]
+hardware = None
+if "--hardware" in args:
+    i = args.index("--hardware")
+    hardware = args[i + 1]
+    del args[i:i + 2]
 models = Path(__file__).resolve().parents[1] / "src" / "morered" / "models"
 record = json.loads((models / "trained.json").read_text()) if (models / "trained.json").exists() else {}
-for run in map(Path, sys.argv[1:]):
+for run in map(Path, args):
     ckpt = torch.load(run / "best.pt", weights_only=True)
     kind = ckpt["model_type"]
     summary = json.loads((run / "summary.json").read_text())
+    config = ckpt.get("config", {})
+    init_from = config.get("init_from")
     shutil.copyfile(run / "best.pt", models / f"{kind}.pt")
-    record[kind] = {
+    entry = {
         "command": f"morered train --config src/morered/models/{kind}.yaml --out {run} --max-time <budget> "
                    "(resumed with the same command)",
         "global_step_best": ckpt["global_step"],
@@ -46,5 +61,24 @@ for run in map(Path, sys.argv[1:]):
         "size_bytes": (models / f"{kind}.pt").stat().st_size,
         "val_loss_history": val_history(run),
     }
-    print(kind, record[kind])
+    if init_from and kind in record:  # a stage on top of the shipped model
+        previous = record[kind]
+        stages = previous.pop("stages", None) or [dict(previous)]
+        entry["command"] = (f"morered train --config src/morered/models/{kind}.yaml --init-from {init_from} "
+                            f"--out {run} " + " ".join(f"--set {k}" for k in ("optim.lr=" + str(config["optim"]["lr"]),)))
+        entry["hardware"] = hardware
+        entry["init_from"] = init_from
+        stages.append(entry)
+        record[kind] = {
+            "global_step_total": sum(int(st["global_step_total"]) for st in stages),
+            "best_val_loss": entry["best_val_loss"],
+            "wall_seconds_total": round(sum(float(st["wall_seconds_total"]) for st in stages), 1),
+            "parameters": entry["parameters"],
+            "size_bytes": entry["size_bytes"],
+            "stages": stages,
+        }
+    else:
+        entry["hardware"] = hardware
+        record[kind] = entry
+    print(kind, {k: v for k, v in record[kind].items() if k not in ("stages", "val_loss_history")})
 (models / "trained.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -183,3 +183,35 @@ def test_command_line(tmp_path, capsys):
     assert rc == 0
     assert "| mmff | diffused_50 | 2 |" in capsys.readouterr().out
     assert (tmp_path / "results.csv").exists()
+
+
+def test_speed_benchmark_rows_ratios_and_accuracy(tmp_path, tiny_model_path):
+    from morered.evaluation.speed import run_speed_benchmark
+
+    res = run_speed_benchmark(n=2, out=tmp_path / "speed", kinds=("diffused_100",), kernels=("dense", "edges"),
+                              threads=(1,), rules=("default", "legacy"), baselines=("mmff",),
+                              model=str(tiny_model_path), max_steps=5, profile=True, progress=False)
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["MMFF94 (RDKit)"] + ["MoreRed-JT"] * 4
+    assert {(r["kernel"], r["rule"]) for r in rows[1:]} == {(k, u) for k in ("dense", "edges") for u in ("default", "legacy")}
+    mmff = rows[0]
+    assert mmff["vs_mmff94"] == pytest.approx(1.0) and mmff["vs_xtb"] is None
+    for r in rows:
+        assert r["structures_per_s"] > 0 and r["seconds_per_structure"] == pytest.approx(1 / r["structures_per_s"])
+        assert r["vs_mmff94"] == pytest.approx(r["structures_per_s"] / mmff["structures_per_s"])
+        assert math.isfinite(r["median_rmsd"]) and 0 <= r["failure_pct"] <= 100 and r["n"] == 2
+    # the same weights: both kernels give the same relaxation
+    for rule in ("default", "legacy"):
+        a, b = [r for r in rows[1:] if r["rule"] == rule]
+        assert a["median_rmsd"] == pytest.approx(b["median_rmsd"], abs=1e-4)
+    md = (tmp_path / "speed" / "summary.md").read_text()
+    assert "| MoreRed-JT | dense kernel, 1 thread(s), batch 128, default rule |" in md
+    assert "aten::" in (tmp_path / "speed" / "profile.txt").read_text()
+
+
+def test_speed_benchmark_refuses_bad_options(capsys):
+    from morered.cli import main
+
+    assert main(["benchmark", "speed", "--kernels", "sparse"]) == 2
+    assert "--kernels" in capsys.readouterr().err
+    assert main(["benchmark", "speed", "--rules", "fast"]) == 2
