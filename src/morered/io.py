@@ -56,6 +56,11 @@ __all__ = [
     "remove_stale",
     "progress_bar",
     "one_line",
+    "append_structures",
+    "append_errors",
+    "can_append",
+    "output_size",
+    "truncate_output",
 ]
 
 PathLike = str | os.PathLike
@@ -755,17 +760,7 @@ def write_structures(path: PathLike, records: Sequence[Record],
         raise ValueError(f"{len(records)} records but {len(results)} results")
     path = Path(path)
     fmt = _output_format(path)
-    done, failed = [], []
-    for record, result in zip(records, results):
-        positions = result.get("positions")
-        if positions is None:
-            reason = record.error or result.get("error") or "relaxation failed"
-            failed.append(replace(record, error=str(reason)))
-            continue
-        if record.atoms is None:
-            raise ValueError(f"record {record.name!r} has positions but no atoms")
-        fields = {k: _plain(v) for k, v in result.items() if k not in ("positions", "error")}
-        done.append((record, np.asarray(positions, dtype=np.float64).reshape(-1, 3), fields))
+    done, failed = _split_results(records, results)
     if done:
         with atomic_write(path) as tmp:
             _WRITERS.get(fmt, _write_ase)(tmp, fmt, done)
@@ -1008,20 +1003,194 @@ def check_output_format(path: PathLike) -> str:
 # ----------------------------------------------------------------------------------- progress
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", disable: bool = False, stream=None):
+def progress_bar(total: int | None, desc: str, unit: str = "it", disable: bool = False, stream=None,
+                 machine: bool = False):
     """A tqdm progress bar on stderr that does not flood logs: on a terminal it refreshes every
     0.1 s; when stderr is not a terminal (CI, nohup, a cluster job) at most every
-    :data:`PROGRESS_LOG_INTERVAL` seconds, one line each (no carriage-return animation)."""
+    :data:`PROGRESS_LOG_INTERVAL` seconds, one line each (no carriage-return animation).
+
+    ``machine=True``: off a terminal each of those lines is machine-readable instead, ``PROGRESS``
+    and a JSON object: ``done``, ``total`` (may be an estimate, or null), ``rate`` (per second),
+    ``elapsed_s``, ``eta_s`` (null when unknown) and the counts set in ``bar.counts`` (e.g.
+    converged, rejected). On a terminal the counts are shown after the bar.
+    """
     import sys
 
     from tqdm.auto import tqdm
 
     stream = sys.stderr if stream is None else stream
     tty = bool(getattr(stream, "isatty", lambda: False)())
-    return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=disable,
-                mininterval=0.1 if tty else PROGRESS_LOG_INTERVAL, maxinterval=max(10.0, PROGRESS_LOG_INTERVAL),
-                miniters=1 if tty else 0, dynamic_ncols=tty, ascii=not tty, ncols=None if tty else 80)
+    cls = _MachineProgress if machine and not tty else tqdm
+    return cls(total=total, desc=desc, unit=unit, file=stream, disable=disable,
+               mininterval=0.1 if tty else PROGRESS_LOG_INTERVAL, maxinterval=max(10.0, PROGRESS_LOG_INTERVAL),
+               miniters=1 if tty else 0, dynamic_ncols=tty, ascii=not tty, ncols=None if tty else 80)
+
+
+def _machine_progress_class():
+    from tqdm.std import tqdm
+
+    class MachineProgress(tqdm):
+        """tqdm whose every display is one ``PROGRESS {json}`` line."""
+
+        counts: dict = {}
+
+        def display(self, msg=None, pos=None):
+            import json
+
+            d = self.format_dict
+            n, total, elapsed = d["n"], d["total"], d["elapsed"]
+            rate = n / elapsed if elapsed > 0 else None
+            eta = (total - n) / rate if total and rate else None
+            line = {"desc": self.desc, "done": n, "total": total, "rate": None if rate is None else round(rate, 3),
+                    "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(max(eta, 0.0), 1),
+                    **self.counts}
+            self.fp.write("PROGRESS " + json.dumps(line) + "\n")
+            self.fp.flush()
+            return True
+
+    return MachineProgress
+
+
+class _LazyClass:
+    def __init__(self, factory):
+        self._factory, self._cls = factory, None
+
+    def __call__(self, *a, **k):
+        if self._cls is None:
+            self._cls = self._factory()
+        return self._cls(*a, **k)
+
+
+_MachineProgress = _LazyClass(_machine_progress_class)
 
 
 #: seconds between progress lines when stderr is not a terminal
 PROGRESS_LOG_INTERVAL = float(os.environ.get("MORERED_PROGRESS_INTERVAL", "30"))
+
+
+# ----------------------------------------------------------------------------------- appending
+
+
+def append_structures(path: PathLike, records: Sequence[Record], results: Sequence[dict[str, Any]]) -> list[Record]:
+    """Append relaxed structures to ``path`` as complete records, for streaming outputs.
+
+    extxyz/xyz and SDF: the chunk is written by the same writer as :func:`write_structures` into
+    a temporary file, then appended to ``path`` with one write and an fsync, so the file is
+    readable up to its last complete record at any moment (a torn final chunk, after a crash
+    mid-write, is cut off by ``--resume`` from the recorded size). ASE db: the rows are written
+    in one transaction (a crash leaves the earlier commits). Other formats cannot be appended:
+    ValueError (see :func:`can_append`). Nothing is created when no record has positions.
+
+    Returns the records not written, with ``error`` set, as :func:`write_structures`.
+    """
+    path = Path(path)
+    fmt = _output_format(path)
+    done, failed = _split_results(records, results)
+    if not done:
+        return failed
+    if fmt == "db":
+        with ase.db.connect(path, type="db", append=True) as db:
+            for record, positions, fields in done:
+                atoms = _relaxed_atoms(record, positions, fields)
+                kvp, data = _db_split(atoms.info)
+                atoms.info = {}
+                db.write(atoms, key_value_pairs=kvp, data=data)
+        return failed
+    if fmt not in _APPENDABLE:
+        raise ValueError(f"cannot append to {fmt!r} files")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".chunk" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        _WRITERS.get(fmt, _write_ase)(Path(name), fmt, done)
+        data = Path(name).read_bytes()
+    finally:
+        os.unlink(name)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return failed
+
+
+_APPENDABLE = {"extxyz", "xyz", "sdf", "sd"}
+
+
+def can_append(path: PathLike) -> bool:
+    """Whether :func:`append_structures` can stream into ``path``'s format."""
+    fmt = _output_format(Path(path))
+    return fmt == "db" or fmt in _APPENDABLE
+
+
+def output_size(path: PathLike) -> int:
+    """The committed size of a streamed output: rows of an ASE db, else bytes (0 if missing)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    if _is_db(path):
+        with ase.db.connect(path, type="db") as db:
+            return db.count()
+    return path.stat().st_size
+
+
+def truncate_output(path: PathLike, size: int) -> None:
+    """Cut a streamed output back to ``size`` (rows of an ASE db, else bytes): what a resumed
+    run does with whatever an interrupted run wrote after its last recorded chunk."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if _is_db(path):
+        with ase.db.connect(path, type="db") as db:
+            ids = [row.id for row in db.select(sort="id", offset=size)]
+            if ids:
+                db.delete(ids)
+        if size == 0:
+            path.unlink()
+        return
+    if size == 0:
+        path.unlink()
+        return
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _is_db(path: Path) -> bool:
+    try:
+        return filetype(str(path), read=False) == "db"
+    except Exception:
+        return False
+
+
+def append_errors(path: PathLike, records: Sequence[Record]) -> None:
+    """Append rows ``index,name,reason`` to the errors CSV ``path`` (the header first when the
+    file is new), flushed and fsync'ed: complete rows at any moment."""
+    if not records:
+        return
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    if new:
+        writer.writerow(["index", "name", "reason"])
+    for r in records:
+        writer.writerow([r.index, r.name, one_line(r.error or "")])
+    with open(path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _split_results(records, results):
+    if len(records) != len(results):
+        raise ValueError(f"{len(records)} records but {len(results)} results")
+    done, failed = [], []
+    for record, result in zip(records, results):
+        positions = result.get("positions")
+        if positions is None:
+            reason = record.error or result.get("error") or "relaxation failed"
+            failed.append(replace(record, error=str(reason)))
+            continue
+        if record.atoms is None:
+            raise ValueError(f"record {record.name!r} has positions but no atoms")
+        fields = {k: _plain(v) for k, v in result.items() if k not in ("positions", "error")}
+        done.append((record, np.asarray(positions, dtype=np.float64).reshape(-1, 3), fields))
+    return done, failed
