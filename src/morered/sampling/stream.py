@@ -329,16 +329,14 @@ def merge_files(shards: list, output, chunk: int = 1024) -> tuple[int, int]:
             raise InputError(f"cannot read structures from {s}: no such file (nor its errors file)")
     n_out = n_err = 0
     prev = -1
-    with atomic_write(output) as tmp:
-        tmp.unlink()  # append_structures creates it
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=f".{output.stem}.merge-", suffix=output.suffix, dir=output.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.unlink()  # append_structures creates it (the suffix keeps the format)
+    try:
         buf: list[Record] = []
-
-        def flush():
-            nonlocal buf
-            if buf:
-                append_structures(tmp, buf, [{"positions": r.atoms.positions} for r in buf])
-            buf = []
-
         for i, _, rec in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
             if i <= prev:
                 raise InputError(f"input index {i} is in more than one shard (or a shard is out of order): "
@@ -347,15 +345,17 @@ def merge_files(shards: list, output, chunk: int = 1024) -> tuple[int, int]:
             buf.append(rec)
             n_out += 1
             if len(buf) >= chunk:
-                flush()
-        flush()
-        if not tmp.exists():  # nothing relaxed: no output file
-            tmp.touch()
-            empty = True
-        else:
-            empty = False
-    if empty:
-        remove_stale(output)
+                append_structures(tmp, buf, [{"positions": r.atoms.positions} for r in buf])
+                buf = []
+        if buf:
+            append_structures(tmp, buf, [{"positions": r.atoms.positions} for r in buf])
+        if tmp.exists():
+            os.replace(tmp, output)
+        else:  # nothing relaxed: no output file
+            remove_stale(output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     err_out = errors_path(output)
     errs = [_read_errors(errors_path(Path(s))) for s in shards]
     rows = heapq.merge(*errs, key=lambda t: t[0])
