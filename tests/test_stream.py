@@ -246,3 +246,44 @@ def test_memory_stays_flat_on_a_50k_structure_file(tmp_path, tiny_model_path):
     small = _peak_rss_mib(tmp_path, tiny_model_path, 2_000)
     large = _peak_rss_mib(tmp_path, tiny_model_path, 50_000)
     assert large - small < 64, (small, large)
+
+
+# ------------------------------------------------------------------ issue 11: benchmark options
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    import morered.evaluation.benchmark as b
+
+    def boom(*a, **k):
+        raise AssertionError("the benchmark ran although its options should have been refused")
+
+    monkeypatch.setattr(b, "run_relax_benchmark", boom)
+    monkeypatch.setattr("morered.training.bench.bench_train", boom)
+
+
+@pytest.mark.parametrize("opts, word", [
+    (["--n", "0"], "--n"), (["--n", "-3"], "--n"), (["--batch-size", "0"], "--batch-size"),
+    (["--max-steps", "-1"], "--max-steps"), (["--methods", "jt,nope"], "--methods"), (["--methods", ","], "--methods"),
+    (["--kinds", "diffused_x"], "--kinds"), (["--kinds", ""], "--kinds"), (["--fmax", "0"], "--fmax"),
+    (["--inputs", "MISSING.xyz", "--refs", "MISSING.xyz"], "--inputs"), (["--inputs", "IN.xyz"], "--refs"),
+    (["--inputs", "IN.xyz", "--refs", "DIR"], "--refs"), (["--out", "IN.xyz"], "--out"),
+])
+def test_benchmark_relax_bad_options_exit_2_before_work(tmp_path, no_benchmark, capsys, opts, word):
+    (tmp_path / "IN.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.7\n")
+    (tmp_path / "DIR").mkdir()
+    opts = [str(tmp_path / o) if o in ("IN.xyz", "DIR", "MISSING.xyz") else o for o in opts]
+    if "--out" not in opts:
+        opts += ["--out", str(tmp_path / "report")]
+    assert main(["benchmark", "relax", *opts]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and word in err and "\n" not in err
+
+
+@pytest.mark.parametrize("opts", [["--batch-size", "0"], ["--batches", "x"], ["--threads", "0"], ["--threads", "a"],
+                                  ["--kernels", "fast"], ["--device", "cuda:7"]])
+def test_benchmark_train_bad_options_exit_2_before_work(no_benchmark, capsys, opts):
+    try:
+        code = main(["benchmark", "train", *opts])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
