@@ -141,18 +141,18 @@ def run(args) -> int:
         if c["fraction"]:
             bar.total = max(c["read"], int(round(c["read"] / c["fraction"])))
         bar.set_postfix(counts, refresh=False)
-        bar.update(c["chunk"])
+        bar.update(c["chunk"] - c["chunk_relaxed"])  # the relaxed ones were counted as they finished
 
     try:
         with Interruptible("the structures in flight") as stop:
             summary = st.relax_file(
                 args.input, args.output, model, args.variant, chunk=chunk, shard=shard, resume=args.resume,
-                seed=args.seed, trajectory_dir=args.trajectory, progress=on_chunk, stop=stop,
+                seed=args.seed, trajectory_dir=args.trajectory, on_chunk=on_chunk, stop=stop,
                 keep=(lambda rec, res: kept.append((rec, res))) if reference is not None else None,
                 max_steps=args.max_steps, t_conv=t_conv, t_start=args.t_start, stochastic=args.stochastic,
                 batch_size=batch_size, final_step=args.final_step, patience=args.patience, t_eq=args.t_eq,
                 tail_t=args.tail_t, tail_steps=args.tail_steps, jump=args.jump, device=args.device,
-                max_atoms=args.max_atoms)
+                max_atoms=args.max_atoms, progress=bar.update if bar is not None else False)
     finally:
         if bar is not None:
             bar.close()

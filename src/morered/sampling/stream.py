@@ -127,7 +127,7 @@ def relax_file(
     resume: bool = False,
     seed: int = 0,
     trajectory_dir=None,
-    progress: Callable[[dict], None] | None = None,
+    on_chunk: Callable[[dict], None] | None = None,
     stop=None,
     keep: Callable[[Record, dict], None] | None = None,
     **relax_kwargs: Any,
@@ -146,8 +146,10 @@ def relax_file(
             (an earlier output, errors file and resume record are removed first).
         seed: the noise seed; chunk c uses ``seed + index of its first record``.
         trajectory_dir: write one extxyz trajectory per structure there.
-        progress: called after every chunk with counts (``read``, ``relaxed``, ``failed``,
-            ``converged``, ``fraction`` of the input read or None).
+        on_chunk: called after every chunk with counts (``read``, ``relaxed``, ``failed``,
+            ``converged``, ``fraction`` of the input read or None, ``chunk`` records in this chunk,
+            ``chunk_relaxed`` of them relaxed). For finer updates pass ``relax_kwargs["progress"]``
+            (called by the sampler with the structures finished at each step).
         stop: an object whose ``requested`` attribute, when true, ends the run after the chunk
             in flight (the records not reached are listed in the errors file as interrupted).
         keep: called with (record, result dict) for every record (e.g. an RMSD report); holding
@@ -208,6 +210,7 @@ def relax_file(
             break
         results = _relax_chunk(batch, model, variant, seed, trajectory_dir, relax_kwargs)
         failed = []
+        relaxed_before = summary.relaxed
         for rec, res in zip(batch, results):
             if keep is not None:
                 keep(rec, res)
@@ -231,10 +234,11 @@ def relax_file(
             _write_state(state_path, {**ident, "done": done_records, "last": [batch[-1].index, batch[-1].name],
                                       "output_size": output_size(output_path),
                                       "errors_size": output_size(err_path) if err_path.exists() else 0})
-        if progress is not None:
-            progress({"read": summary.read + skip, "relaxed": summary.relaxed, "failed": summary.failed,
+        if on_chunk is not None:
+            on_chunk({"read": summary.read + skip, "relaxed": summary.relaxed, "failed": summary.failed,
                       "converged": summary.stops["converged"] + summary.stops["at_equilibrium"],
-                      "fraction": stream.fraction(), "chunk": len(batch)})
+                      "fraction": stream.fraction(), "chunk": len(batch),
+                      "chunk_relaxed": summary.relaxed - relaxed_before})
     if summary.interrupted:  # the records not reached: listed, so that every input is accounted for
         rest = [Record(r.name, r.index, None, None, INTERRUPTED) for r in records]
         append_errors(err_path, rest)
