@@ -59,7 +59,7 @@ def add_parser(sub):
     big.add_argument("--devices", type=positive_int, default=None, help="run N worker processes (shards; "
                      "with --device cuda one GPU each, cuda:0..N-1) and merge their outputs into -o")
     big.add_argument("--threads", type=positive_int, default=None, help="torch threads per process "
-                     "(default: torch's choice)")
+                     "(default: 1 on a machine with <= 2 cores, where it was measured fastest; else torch's choice)")
     p.set_defaults(func=run, batch_size=None)
 
 
@@ -117,7 +117,7 @@ def run(args) -> int:
         from morered.cli.parallel import run_devices
 
         return run_devices(args, devices)
-    _set_threads(args.threads)
+    _set_threads(args.threads, args.device)
     model = resolve_model(args.model, args.variant, args.device, args.time_model)
     check_relax_options(variant=args.variant, t_conv=t_conv, t_start=args.t_start, T=model.schedule.T)
     from morered.io import StructureStream
@@ -192,11 +192,22 @@ def report(summary, output, variant, kept=(), reference=None) -> int:
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-def _set_threads(threads) -> None:
-    if threads:
-        import torch
+#: torch threads per process on CPU when --threads is not given, on machines with at most
+#: SMALL_MACHINE_CPUS cores: measured on the 2-core machine (benchmarks/results/stream), 1 process
+#: x 2 threads ran 52 structures/s, 2 processes x 1 thread 265/s, 1 x 1 290/s (10k structures)
+DEFAULT_CPU_THREADS = 1
+SMALL_MACHINE_CPUS = 2
 
+
+def _set_threads(threads, device: str = "cpu") -> None:
+    import os
+
+    import torch
+
+    if threads:
         torch.set_num_threads(int(threads))
+    elif str(device) == "cpu" and (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS:
+        torch.set_num_threads(DEFAULT_CPU_THREADS)
 
 
 def _devices(args) -> int:
