@@ -906,8 +906,9 @@ def _extxyz_info(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_db(path: Path, fmt: str, items: list[_Item]) -> None:
-    with ase.db.connect(path, type="db", append=False) as db:
+def _write_db(path: Path, fmt: str, items: list[_Item], append: bool = False) -> None:
+    """Rows of an ASE db, in one transaction (``append``: after the rows already there)."""
+    with ase.db.connect(path, type="db", append=append) as db:
         for record, positions, fields in items:
             atoms = _relaxed_atoms(record, positions, fields)
             kvp, data = _db_split(atoms.info)
@@ -1089,12 +1090,7 @@ def append_structures(path: PathLike, records: Sequence[Record], results: Sequen
     if not done:
         return failed
     if fmt == "db":
-        with ase.db.connect(path, type="db", append=True) as db:
-            for record, positions, fields in done:
-                atoms = _relaxed_atoms(record, positions, fields)
-                kvp, data = _db_split(atoms.info)
-                atoms.info = {}
-                db.write(atoms, key_value_pairs=kvp, data=data)
+        _write_db(path, fmt, done, append=True)
         return failed
     if fmt not in _APPENDABLE:
         raise ValueError(f"cannot append to {fmt!r} files")

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from morered.errors import InputError, OptionError, OutputError
+from morered.errors import InputError, OptionError
 from morered.io import (Record, StructureStream, append_errors, append_structures, can_append, errors_path,
                         output_size, remove_stale, truncate_output, write_structures, write_trajectory)
 from morered.sampling import api
