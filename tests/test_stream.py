@@ -288,3 +288,27 @@ def test_benchmark_train_bad_options_exit_2_before_work(no_benchmark, capsys, op
         code = e.code
     assert code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_sigterm_a_subprocess_midway_then_resume_equals_uninterrupted(tmp_path, test_molecules, tiny_model_path):
+    import time
+
+    inp = tmp_path / "in.extxyz"
+    _write(inp, test_molecules, 120, bad={50})
+    opts = ["--model", str(tiny_model_path), "--batch-size", "2", "--max-steps", "4", "--threads", "1",
+            "--no-progress"]
+    full, part = tmp_path / "full.extxyz", tmp_path / "part.extxyz"
+    proc = subprocess.Popen([sys.executable, "-m", "morered.cli", "relax", str(inp), "-o", str(part), *opts],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not part.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the first chunk (16 structures) is committed
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    n_done = len(read_structures(part))
+    assert 0 < n_done < 119
+    assert main(["relax", str(inp), "-o", str(part), "--resume", *opts]) == 1  # one bad structure
+    assert main(["relax", str(inp), "-o", str(full), *opts]) == 1
+    assert part.read_bytes() == full.read_bytes()
+    assert errors_path(part).read_bytes() == errors_path(full).read_bytes()
