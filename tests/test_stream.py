@@ -312,3 +312,19 @@ def test_sigterm_a_subprocess_midway_then_resume_equals_uninterrupted(tmp_path, 
     assert main(["relax", str(inp), "-o", str(full), *opts]) == 1
     assert part.read_bytes() == full.read_bytes()
     assert errors_path(part).read_bytes() == errors_path(full).read_bytes()
+
+
+def test_merge_into_a_format_that_cannot_be_appended(tmp_path, test_molecules):
+    inp = tmp_path / "in.extxyz"
+    _write(inp, test_molecules, 7)
+    shards = [tmp_path / f"s{k}.traj" for k in range(2)]
+    for k, s in enumerate(shards):
+        stream.relax_file(inp, s, _stub(), chunk=2, shard=(k, 2), **KW)
+    stream.merge_files(shards, tmp_path / "all.traj")
+    assert [r.atoms.info["morered_index"] for r in read_structures(tmp_path / "all.traj")] == list(range(7))
+
+
+def test_auto_batch_size_follows_molecule_size():
+    assert stream.auto_batch_size("cpu", 18) == 114
+    assert stream.auto_batch_size("cpu", 200) == 16  # at least 16
+    assert stream.auto_batch_size("cpu", 2) == 1024

@@ -315,8 +315,9 @@ def _read_errors(path: Path) -> Iterator[tuple[int, Record]]:
 def merge_files(shards: list, output, chunk: int = 1024) -> tuple[int, int]:
     """Join shard outputs (and their errors files) into ``output`` (and its errors file) in
     input order, streamed: each shard is sorted by input index, so a k-way merge by
-    ``morered_index`` keeps one record per shard in memory. ``output`` is written as a whole
-    (a temporary file, renamed at the end).
+    ``morered_index`` keeps one record per shard in memory (plus one chunk of the output; an
+    output format that cannot be appended, such as ``.traj``, is held whole). ``output`` is
+    written to a temporary file in its folder, renamed at the end.
 
     Returns (structures written, error rows written). InputError when two shards hold the same
     input index (they overlap) or a file is not a relax output.
@@ -339,6 +340,7 @@ def merge_files(shards: list, output, chunk: int = 1024) -> tuple[int, int]:
     os.close(fd)
     tmp = Path(name)
     tmp.unlink()  # append_structures creates it (the suffix keeps the format)
+    appendable = can_append(output)
     try:
         buf: list[Record] = []
         for i, _, rec in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
@@ -348,11 +350,13 @@ def merge_files(shards: list, output, chunk: int = 1024) -> tuple[int, int]:
             prev = i
             buf.append(rec)
             n_out += 1
-            if len(buf) >= chunk:
+            if len(buf) >= chunk and appendable:
                 append_structures(tmp, buf, [{"positions": r.atoms.positions} for r in buf])
                 buf = []
-        if buf:
+        if buf and appendable:
             append_structures(tmp, buf, [{"positions": r.atoms.positions} for r in buf])
+        elif buf:  # a format that cannot be appended (.traj, .pdb, ...): written whole, from memory
+            write_structures(tmp, buf, [{"positions": r.atoms.positions} for r in buf])
         if tmp.exists():
             os.replace(tmp, output)
         else:  # nothing relaxed: no output file
