@@ -14,7 +14,8 @@ from morered import properties as P
 from morered.data import qm9 as qm9_mod
 from morered.data.batch import collate, full_graph, radius_graph
 from morered.data.molecules import Molecules
-from morered.data.structures import load_structures, split_structures
+from morered.data.structures import split_structures
+from morered.training.train import load_own_structures
 
 SHARED_SPLIT = Path(__file__).parents[2] / "shared/data/qm9_split.json"
 PACKAGED_SPLIT = Path(qm9_mod.__file__).parent / "qm9_split.json"
@@ -183,29 +184,10 @@ def _write_own(path, test_molecules, n=10, extra=()):
     return frames
 
 
-def test_load_structures_from_extxyz(tmp_path, test_molecules):
-    path = tmp_path / "own.extxyz"
-    frames = _write_own(path, test_molecules)
-    mols = load_structures(path)
-    assert len(mols) == len(frames)
-    assert mols.ids.tolist() == list(range(len(frames)))
-    for k, a in enumerate(frames):
-        x, z = mols.molecule(k)
-        assert z.tolist() == a.numbers.tolist()
-        np.testing.assert_allclose(x, a.positions - a.positions.mean(0), atol=1e-5)  # centred
-
-
-def test_load_structures_rejects_bad_structures(tmp_path, test_molecules):
-    path = tmp_path / "bad.extxyz"
-    _write_own(path, test_molecules, n=3, extra=[Atoms("C", positions=[[0, 0, 0]], info={"name": "lonely"})])
-    with pytest.raises(ValueError, match=r"structure 3 \(lonely\)"):
-        load_structures(path)
-
-
 def test_seeded_split_is_deterministic_and_disjoint(tmp_path, test_molecules):
     path = tmp_path / "own.extxyz"
     _write_own(path, test_molecules, n=40)
-    mols = load_structures(path)
+    mols = load_own_structures(path)[0]
     a = split_structures(mols, None, 0.1, 0.2, seed=3)
     b = split_structures(mols, None, 0.1, 0.2, seed=3)
     c = split_structures(mols, None, 0.1, 0.2, seed=4)
@@ -220,7 +202,7 @@ def test_seeded_split_is_deterministic_and_disjoint(tmp_path, test_molecules):
 def test_split_file(tmp_path, test_molecules):
     path = tmp_path / "own.extxyz"
     _write_own(path, test_molecules, n=12)
-    mols = load_structures(path)
+    mols = load_own_structures(path)[0]
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"val": [5, 1], "test": [11]}))
     s = split_structures(mols, split, 0.5, 0.5, seed=0)  # fractions ignored with a file

@@ -42,6 +42,7 @@ __all__ = [
     "Record",
     "StructureReadError",
     "read_structures",
+    "StructureStream",
     "validate",
     "write_structures",
     "write_errors",
@@ -55,6 +56,11 @@ __all__ = [
     "remove_stale",
     "progress_bar",
     "one_line",
+    "append_structures",
+    "append_errors",
+    "can_append",
+    "output_size",
+    "truncate_output",
 ]
 
 PathLike = str | os.PathLike
@@ -116,12 +122,7 @@ def read_structures(path: PathLike, index: str | int | slice = ":") -> list[Reco
             structure.
     """
     path = Path(path)
-    if path.is_dir():
-        raise StructureReadError(path, "is a directory, not a structure file")
-    if not path.is_file():
-        raise StructureReadError(path, "no such file")
-    if not os.access(path, os.R_OK):
-        raise StructureReadError(path, "permission denied")
+    _check_input(path)
     fmt = _input_format(path)
     reader = _READERS.get(fmt, _read_ase)
     try:
@@ -164,41 +165,92 @@ def _read_ase(path: Path, fmt: str) -> list[Record]:
 
 
 def _read_db(path: Path, fmt: str) -> list[Record]:
-    records = []
-    # connect() would create a missing file; read_structures has checked that it exists
-    with ase.db.connect(path, type="db") as db:
-        for i, row in enumerate(db.select()):
+    return list(_iter_db(path, fmt))
+
+
+#: ASE db rows read at a time by the lazy reader
+DB_CHUNK = 1000
+
+
+def _iter_db(path: Path, fmt: str = "db", progress: list | None = None):
+    """ASE db rows in id order, :data:`DB_CHUNK` at a time (one short query each)."""
+    # connect() would create a missing file; the caller has checked that it exists
+    i = 0
+    while True:
+        with ase.db.connect(path, type="db") as db:
+            rows = list(db.select(sort="id", offset=i, limit=DB_CHUNK))
+        for row in rows:
             atoms = row.toatoms()
             atoms.info.update(row.key_value_pairs)
-            records.append(Record(_name_from_info(atoms.info, path, i), i, atoms))
-    return records
+            yield Record(_name_from_info(atoms.info, path, i), i, atoms)
+            i += 1
+        if progress is not None:
+            progress[0] = i
+        if len(rows) < DB_CHUNK:
+            break
+
+
+def _iter_ase(path: Path, fmt: str, progress: list | None = None):
+    for i, a in enumerate(ase.io.iread(path, ":", format=fmt)):
+        yield Record(_name_from_info(a.info, path, i), i, a)
 
 
 def _read_sdf(path: Path, fmt: str) -> list[Record]:
-    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
-    records = []
-    for i in range(len(supplier)):
-        with _capture_rdkit_errors() as capture:
-            mol = supplier[i]
-        if mol is None:
-            title = supplier.GetItemText(i).split("\n", 1)[0].strip()
-            reason = "RDKit could not parse this record"
-            messages = _rdkit_messages(capture)
-            records.append(Record(title or f"{path.name}:{i}", i, None, None,
-                                  f"{reason}: {messages}" if messages else reason))
-            continue
-        atoms = atoms_from_mol(mol)
-        name = _name_from_info(atoms.info, path, i)
-        n_implicit = _implicit_hydrogens(mol)
-        if n_implicit:
-            records.append(Record(name, i, None, None,
-                                  f"{n_implicit} implicit hydrogens: add explicit hydrogens "
-                                  "(e.g. RDKit Chem.AddHs with 3D coordinates)"))
-            continue
-        records.append(Record(name, i, atoms, mol))
-    if not records and path.stat().st_size:
+    return list(_iter_sdf(path, fmt))
+
+
+#: SDF records handed to RDKit at a time by the lazy reader
+SDF_CHUNK = 512
+
+
+def _iter_sdf(path: Path, fmt: str = "sdf", progress: list | None = None):
+    """SDF/MOL record by record, lazily: the file is cut at ``$$$$`` lines into blocks of
+    :data:`SDF_CHUNK` records, each parsed by RDKit's SDMolSupplier (unsanitised, hydrogens
+    kept). A record RDKit cannot parse, or one with implicit hydrogens, is an error record."""
+    offset = 0
+    found = False
+    with open(path, "rb") as f:
+        while True:
+            block, n_rec = [], 0
+            for raw in f:
+                block.append(raw)
+                if raw.startswith(b"$$$$"):
+                    n_rec += 1
+                    if n_rec >= SDF_CHUNK:
+                        break
+            if progress is not None:
+                progress[0] = f.tell()
+            text = b"".join(block).decode("utf-8", errors="replace")
+            if not text.strip():
+                break
+            supplier = Chem.SDMolSupplier()
+            supplier.SetData(text, sanitize=False, removeHs=False)
+            for i in range(len(supplier)):
+                found = True
+                yield _sdf_record(supplier, i, offset + i, path)
+            offset += len(supplier)
+            if n_rec < SDF_CHUNK:
+                break
+    if not found and path.stat().st_size:
         raise StructureReadError(path, "no SDF/MOL record found")
-    return records
+
+
+def _sdf_record(supplier, i: int, index: int, path: Path) -> Record:
+    with _capture_rdkit_errors() as capture:
+        mol = supplier[i]
+    if mol is None:
+        title = supplier.GetItemText(i).split("\n", 1)[0].strip()
+        reason = "RDKit could not parse this record"
+        messages = _rdkit_messages(capture)
+        return Record(title or f"{path.name}:{index}", index, None, None,
+                      f"{reason}: {messages}" if messages else reason)
+    atoms = atoms_from_mol(mol)
+    name = _name_from_info(atoms.info, path, index)
+    n_implicit = _implicit_hydrogens(mol)
+    if n_implicit:
+        return Record(name, index, None, None, f"{n_implicit} implicit hydrogens: add explicit hydrogens "
+                      "(e.g. RDKit Chem.AddHs with 3D coordinates)")
+    return Record(name, index, atoms, mol)
 
 
 def _implicit_hydrogens(mol: Chem.Mol) -> int:
@@ -220,8 +272,51 @@ _INT_LINE = re.compile(r"\s*\d+\s*")
 
 
 def _read_xyz(path: Path, fmt: str) -> list[Record]:
-    """(Extended) XYZ frame by frame: a frame that does not parse becomes an error record naming
-    the frame and its line, and reading resumes at the next atom-count line.
+    return list(_iter_xyz(path, fmt))
+
+
+class _LazyLines:
+    """The lines of a text file, read on demand and forgotten behind the current frame: what
+    :func:`_iter_xyz` needs to look ahead without holding the file in memory. ``position`` is
+    the byte offset read so far (for progress)."""
+
+    def __init__(self, f):
+        self._f = f
+        self._lines: list[str] = []
+        self._first = 0  # the file line number of self._lines[0]
+        self._eof = False
+        self.position = 0
+
+    def has(self, j: int) -> bool:
+        while not self._eof and j >= self._first + len(self._lines):
+            raw = self._f.readline()
+            if not raw:
+                self._eof = True
+                break
+            self.position += len(raw)
+            self._lines.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        return j < self._first + len(self._lines)
+
+    def __getitem__(self, j: int) -> str:
+        if not self.has(j):
+            raise IndexError(j)
+        return self._lines[j - self._first]
+
+    def slice(self, a: int, b: int) -> list[str]:
+        self.has(b - 1)
+        return self._lines[max(a - self._first, 0):max(b - self._first, 0)]
+
+    def forget_before(self, j: int) -> None:
+        k = j - self._first
+        if k > 0:
+            del self._lines[:k]
+            self._first = j
+
+
+def _iter_xyz(path: Path, fmt: str = "extxyz", progress: list | None = None):
+    """(Extended) XYZ frame by frame, lazily: a frame that does not parse becomes an error record
+    naming the frame and its line, and reading resumes at the next atom-count line. Memory holds
+    one frame (plus the lines a broken frame spans).
 
     A frame is ``count`` line, comment line, ``count`` atom lines. When the atom lines do not
     match the count (too few or too many), the frame is an error and reading resumes at the next
@@ -229,67 +324,146 @@ def _read_xyz(path: Path, fmt: str) -> list[Record]:
     the next frame is taken to start after its atom lines (lines with a symbol and 3 or more
     fields); a stray line right before a count line is skipped. Limitation: a frame with a wrong
     count followed directly by one with a non-numeric count line become one error record.
+
+    ``progress``, when given, is a one-element list receiving the bytes read so far.
     """
-    text = path.read_text(errors="replace")
-    lines = text.splitlines()
-    records: list[Record] = []
-    i, n_lines = 0, len(lines)
+    with open(path, "rb") as f:
+        lines = _LazyLines(f)
+        yield from _xyz_frames(lines, path, progress)
+
+
+def _xyz_frames(lines: "_LazyLines", path: Path, progress: list | None):
+    i, k = 0, 0
 
     def next_header(j: int) -> int:
-        while j < n_lines and not _INT_LINE.fullmatch(lines[j]):
+        while lines.has(j) and not _INT_LINE.fullmatch(lines[j]):
             j += 1
         return j
 
-    def error(start: int, reason: str) -> None:
-        k = len(records)
-        comment = lines[start + 1] if start + 1 < n_lines else ""
+    def error(start: int, reason: str) -> Record:
+        comment = lines[start + 1] if lines.has(start + 1) else ""
         m = re.search(r"(?:^|\s)(?:name|id)=(\"[^\"]*\"|\S+)", comment)
         name = m.group(1).strip('"').strip() if m else ""
-        records.append(Record(name or f"{path.name}:{k}", k, None, None,
-                              f"frame {k} (line {start + 1}): {reason}"))
+        return Record(name or f"{path.name}:{k}", k, None, None, f"frame {k} (line {start + 1}): {reason}")
 
-    while i < n_lines:
+    while lines.has(i):
+        lines.forget_before(i)
+        if progress is not None:
+            progress[0] = lines.position
         if not lines[i].strip():
             i += 1
             continue
         if not _INT_LINE.fullmatch(lines[i]):
-            if not records and next_header(i + 1) >= n_lines:
+            if k == 0 and not lines.has(next_header(i + 1)):
                 raise StructureReadError(path, f"line {i + 1} is not an atom count: not an XYZ file")
-            if i + 1 < n_lines and _INT_LINE.fullmatch(lines[i + 1]):
+            if lines.has(i + 1) and _INT_LINE.fullmatch(lines[i + 1]):
                 i += 1  # a stray line before a count line: not a frame
                 continue
             # a frame whose count line is broken: its comment and atom lines follow
             m = sum(1 for _ in _atom_like(lines, i + 2))
-            error(i, f"expected an atom count, found {lines[i].strip()[:40]!r}")
+            yield error(i, f"expected an atom count, found {lines[i].strip()[:40]!r}")
+            k += 1
             i = i + 2 + m
             continue
         n = int(lines[i])
         end = i + 2 + n
-        atom_lines = lines[i + 2:min(end, n_lines)]
-        follows = lines[end] if end < n_lines else ""
+        atom_lines = lines.slice(i + 2, end)
+        follows = lines[end] if lines.has(end) else ""
         too_few = len(follows.split()) >= 4 and not _INT_LINE.fullmatch(follows)  # an atom line follows
         too_many = any(_INT_LINE.fullmatch(a) for a in atom_lines)  # the next count line was swallowed
-        if end > n_lines or too_few or too_many:
+        if not lines.has(end - 1) or too_few or too_many:
             m = sum(1 for _ in _atom_like(lines, i + 2))
-            error(i, f"the count line says {n} atoms but {m} atom lines follow")
+            yield error(i, f"the count line says {n} atoms but {m} atom lines follow")
+            k += 1
             i = next_header(i + 2)
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                atoms = ase.io.read(io.StringIO("\n".join(lines[i:end]) + "\n"), 0, format="extxyz")
+                atoms = ase.io.read(io.StringIO("\n".join(lines.slice(i, end)) + "\n"), 0, format="extxyz")
         except Exception as err:  # ase raises many types for a bad frame
-            error(i, one_line(f"{type(err).__name__}: {err}"))
+            yield error(i, one_line(f"{type(err).__name__}: {err}"))
         else:
-            k = len(records)
-            records.append(Record(_name_from_info(atoms.info, path, k), k, atoms))
+            yield Record(_name_from_info(atoms.info, path, k), k, atoms)
+        k += 1
         i = end
-    return records
+    if progress is not None:
+        progress[0] = lines.position
 
 
-def _atom_like(lines: list[str], j: int):
+_LAZY_READERS: dict[str, Callable] = {
+    "extxyz": _iter_xyz,
+    "xyz": _iter_xyz,
+    "db": _iter_db,
+    "sdf": _iter_sdf,
+    "sd": _iter_sdf,
+    "mol": _iter_sdf,
+}
+
+
+class StructureStream:
+    """The records of a structure file, read lazily (xyz/extxyz frame by frame, SDF record by
+    record, ASE db rows in chunks, other formats through ``ase.io.iread``), in file order.
+
+    Unlike :func:`read_structures`, names are not made unique (that needs the whole file): the
+    ``index`` column of an errors file tells duplicates apart. The file checks and the error for
+    a file without a single readable structure are :func:`read_structures`' (raised when
+    iteration starts, before the first record is returned).
+
+    ``fraction()`` is how far reading has got (0..1, by bytes or rows), for an ETA.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        _check_input(self.path)
+        self.format = _input_format(self.path)
+        self._progress = [0]
+        if self.format == "db":
+            with ase.db.connect(self.path, type="db") as db:
+                self._size = db.count()
+        else:
+            self._size = self.path.stat().st_size
+
+    def fraction(self) -> float | None:
+        if self.format not in _LAZY_READERS or not self._size:
+            return None
+        return min(1.0, self._progress[0] / self._size)
+
+    def __iter__(self):
+        reader = _LAZY_READERS.get(self.format)
+        it = reader(self.path, self.format, self._progress) if reader else _iter_ase(self.path, self.format)
+        head: list[Record] = []
+        try:
+            for rec in it:  # hold the error records before the first readable one
+                head.append(rec)
+                if rec.atoms is not None:
+                    break
+        except StructureReadError:
+            raise
+        except Exception as err:
+            raise StructureReadError(self.path, one_line(f"{type(err).__name__}: {err}")) from err
+        if not head or head[-1].atoms is None:
+            if not head:
+                raise StructureReadError(self.path, "no structures found")
+            more = f" (none of its {len(head)} records is readable)" if len(head) > 1 else ""
+            raise StructureReadError(self.path, f"{head[0].name}: {head[0].error}{more}")
+        yield from head
+        del head
+        yield from it
+
+
+def _check_input(path: Path) -> None:
+    if path.is_dir():
+        raise StructureReadError(path, "is a directory, not a structure file")
+    if not path.is_file():
+        raise StructureReadError(path, "no such file")
+    if not os.access(path, os.R_OK):
+        raise StructureReadError(path, "permission denied")
+
+
+def _atom_like(lines: "_LazyLines", j: int):
     """Lines from ``j`` on that look like atom lines (symbol and 3 or more fields)."""
-    while j < len(lines) and len(lines[j].split()) >= 4 and not _INT_LINE.fullmatch(lines[j]):
+    while lines.has(j) and len(lines[j].split()) >= 4 and not _INT_LINE.fullmatch(lines[j]):
         yield lines[j]
         j += 1
 
@@ -586,17 +760,7 @@ def write_structures(path: PathLike, records: Sequence[Record],
         raise ValueError(f"{len(records)} records but {len(results)} results")
     path = Path(path)
     fmt = _output_format(path)
-    done, failed = [], []
-    for record, result in zip(records, results):
-        positions = result.get("positions")
-        if positions is None:
-            reason = record.error or result.get("error") or "relaxation failed"
-            failed.append(replace(record, error=str(reason)))
-            continue
-        if record.atoms is None:
-            raise ValueError(f"record {record.name!r} has positions but no atoms")
-        fields = {k: _plain(v) for k, v in result.items() if k not in ("positions", "error")}
-        done.append((record, np.asarray(positions, dtype=np.float64).reshape(-1, 3), fields))
+    done, failed = _split_results(records, results)
     if done:
         with atomic_write(path) as tmp:
             _WRITERS.get(fmt, _write_ase)(tmp, fmt, done)
@@ -742,8 +906,9 @@ def _extxyz_info(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_db(path: Path, fmt: str, items: list[_Item]) -> None:
-    with ase.db.connect(path, type="db", append=False) as db:
+def _write_db(path: Path, fmt: str, items: list[_Item], append: bool = False) -> None:
+    """Rows of an ASE db, in one transaction (``append``: after the rows already there)."""
+    with ase.db.connect(path, type="db", append=append) as db:
         for record, positions, fields in items:
             atoms = _relaxed_atoms(record, positions, fields)
             kvp, data = _db_split(atoms.info)
@@ -839,20 +1004,189 @@ def check_output_format(path: PathLike) -> str:
 # ----------------------------------------------------------------------------------- progress
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", disable: bool = False, stream=None):
+def progress_bar(total: int | None, desc: str, unit: str = "it", disable: bool = False, stream=None,
+                 machine: bool = False):
     """A tqdm progress bar on stderr that does not flood logs: on a terminal it refreshes every
     0.1 s; when stderr is not a terminal (CI, nohup, a cluster job) at most every
-    :data:`PROGRESS_LOG_INTERVAL` seconds, one line each (no carriage-return animation)."""
+    :data:`PROGRESS_LOG_INTERVAL` seconds, one line each (no carriage-return animation).
+
+    ``machine=True``: off a terminal each of those lines is machine-readable instead, ``PROGRESS``
+    and a JSON object: ``done``, ``total`` (may be an estimate, or null), ``rate`` (per second),
+    ``elapsed_s``, ``eta_s`` (null when unknown) and the counts set in ``bar.counts`` (e.g.
+    converged, rejected). On a terminal the counts are shown after the bar.
+    """
     import sys
 
     from tqdm.auto import tqdm
 
     stream = sys.stderr if stream is None else stream
     tty = bool(getattr(stream, "isatty", lambda: False)())
-    return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=disable,
-                mininterval=0.1 if tty else PROGRESS_LOG_INTERVAL, maxinterval=max(10.0, PROGRESS_LOG_INTERVAL),
-                miniters=1 if tty else 0, dynamic_ncols=tty, ascii=not tty, ncols=None if tty else 80)
+    cls = _MachineProgress if machine and not tty else tqdm
+    return cls(total=total, desc=desc, unit=unit, file=stream, disable=disable,
+               mininterval=0.1 if tty else PROGRESS_LOG_INTERVAL, maxinterval=max(10.0, PROGRESS_LOG_INTERVAL),
+               miniters=1 if tty else 0, dynamic_ncols=tty, ascii=not tty, ncols=None if tty else 80)
+
+
+def _machine_progress_class():
+    from tqdm.std import tqdm
+
+    class MachineProgress(tqdm):
+        """tqdm whose every display is one ``PROGRESS {json}`` line."""
+
+        counts: dict = {}
+
+        def display(self, msg=None, pos=None):
+            import json
+
+            d = self.format_dict
+            n, total, elapsed = d["n"], d["total"], d["elapsed"]
+            rate = n / elapsed if elapsed > 0 else None
+            eta = (total - n) / rate if total and rate else None
+            line = {"desc": self.desc, "done": n, "total": total, "rate": None if rate is None else round(rate, 3),
+                    "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(max(eta, 0.0), 1),
+                    **self.counts}
+            self.fp.write("PROGRESS " + json.dumps(line) + "\n")
+            self.fp.flush()
+            return True
+
+    return MachineProgress
+
+
+class _LazyClass:
+    def __init__(self, factory):
+        self._factory, self._cls = factory, None
+
+    def __call__(self, *a, **k):
+        if self._cls is None:
+            self._cls = self._factory()
+        return self._cls(*a, **k)
+
+
+_MachineProgress = _LazyClass(_machine_progress_class)
 
 
 #: seconds between progress lines when stderr is not a terminal
 PROGRESS_LOG_INTERVAL = float(os.environ.get("MORERED_PROGRESS_INTERVAL", "30"))
+
+
+# ----------------------------------------------------------------------------------- appending
+
+
+def append_structures(path: PathLike, records: Sequence[Record], results: Sequence[dict[str, Any]]) -> list[Record]:
+    """Append relaxed structures to ``path`` as complete records, for streaming outputs.
+
+    extxyz/xyz and SDF: the chunk is written by the same writer as :func:`write_structures` into
+    a temporary file, then appended to ``path`` with one write and an fsync, so the file is
+    readable up to its last complete record at any moment (a torn final chunk, after a crash
+    mid-write, is cut off by ``--resume`` from the recorded size). ASE db: the rows are written
+    in one transaction (a crash leaves the earlier commits). Other formats cannot be appended:
+    ValueError (see :func:`can_append`). Nothing is created when no record has positions.
+
+    Returns the records not written, with ``error`` set, as :func:`write_structures`.
+    """
+    path = Path(path)
+    fmt = _output_format(path)
+    done, failed = _split_results(records, results)
+    if not done:
+        return failed
+    if fmt == "db":
+        _write_db(path, fmt, done, append=True)
+        return failed
+    if fmt not in _APPENDABLE:
+        raise ValueError(f"cannot append to {fmt!r} files")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".chunk" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        _WRITERS.get(fmt, _write_ase)(Path(name), fmt, done)
+        data = Path(name).read_bytes()
+    finally:
+        os.unlink(name)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return failed
+
+
+_APPENDABLE = {"extxyz", "xyz", "sdf", "sd"}
+
+
+def can_append(path: PathLike) -> bool:
+    """Whether :func:`append_structures` can stream into ``path``'s format."""
+    fmt = _output_format(Path(path))
+    return fmt == "db" or fmt in _APPENDABLE
+
+
+def output_size(path: PathLike) -> int:
+    """The committed size of a streamed output: rows of an ASE db, else bytes (0 if missing)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    if _is_db(path):
+        with ase.db.connect(path, type="db") as db:
+            return db.count()
+    return path.stat().st_size
+
+
+def truncate_output(path: PathLike, size: int) -> None:
+    """Cut a streamed output back to ``size`` (rows of an ASE db, else bytes): what a resumed
+    run does with whatever an interrupted run wrote after its last recorded chunk."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if _is_db(path):
+        with ase.db.connect(path, type="db") as db:
+            ids = [row.id for row in db.select(sort="id", offset=size)]
+            if ids:
+                db.delete(ids)
+        if size == 0:
+            path.unlink()
+        return
+    if size == 0:
+        path.unlink()
+        return
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _is_db(path: Path) -> bool:
+    try:
+        return filetype(str(path), read=False) == "db"
+    except Exception:
+        return False
+
+
+def append_errors(path: PathLike, records: Sequence[Record]) -> None:
+    """Append rows ``index,name,reason`` to the errors CSV ``path`` (the header first when the
+    file is new), flushed and fsync'ed: complete rows at any moment."""
+    if not records:
+        return
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    if new:
+        writer.writerow(["index", "name", "reason"])
+    for r in records:
+        writer.writerow([r.index, r.name, one_line(r.error or "")])
+    with open(path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _split_results(records, results):
+    if len(records) != len(results):
+        raise ValueError(f"{len(records)} records but {len(results)} results")
+    done, failed = [], []
+    for record, result in zip(records, results):
+        positions = result.get("positions")
+        if positions is None:
+            reason = record.error or result.get("error") or "relaxation failed"
+            failed.append(replace(record, error=str(reason)))
+            continue
+        if record.atoms is None:
+            raise ValueError(f"record {record.name!r} has positions but no atoms")
+        fields = {k: _plain(v) for k, v in result.items() if k not in ("positions", "error")}
+        done.append((record, np.asarray(positions, dtype=np.float64).reshape(-1, 3), fields))
+    return done, failed

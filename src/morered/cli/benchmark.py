@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from morered.cli.common import positive_int
+
+KERNELS = ("dense", "edges", "auto")
+
 
 def add_parser(sub):
     p = sub.add_parser("benchmark", aliases=["bench"], help="benchmarks: training speed, relaxation quality")
     bsub = p.add_subparsers(dest="benchmark", required=True)
     t = bsub.add_parser("train", help="training and inference molecules/s on QM9 batches")
     t.add_argument("--config", help="YAML config (default: the packaged defaults, 128 features)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--batches", type=int, default=10)
+    t.add_argument("--batch-size", type=positive_int, default=128)
+    t.add_argument("--batches", type=positive_int, default=10)
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to compare (default 1,2)")
     t.add_argument("--kernels", default="dense,edges", help="comma-separated PaiNN kernels to compare: dense, "
@@ -29,8 +33,20 @@ def _bench_train(args) -> int:
     from morered.training.bench import bench_train
     from morered.training.config import load_config
 
-    threads = [int(x) for x in str(args.threads).split(",") if x]
-    kernels = [k for k in args.kernels.split(",") if k]
+    from morered.cli.common import check_device
+    from morered.errors import OptionError
+
+    try:
+        threads = [int(x) for x in str(args.threads).split(",") if x.strip()]
+    except ValueError:
+        raise OptionError(f"--threads {args.threads!r}: comma-separated integers, e.g. 1,2") from None
+    if not threads or min(threads) < 1:
+        raise OptionError(f"--threads {args.threads!r}: thread counts must be >= 1")
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in kernels if k not in KERNELS]
+    if not kernels or bad:
+        raise OptionError(f"--kernels {args.kernels!r}: choose from {','.join(KERNELS)}")
+    check_device(args.device)
     cfg = load_config(args.config, args.set)
     rows = []
     for n_threads in threads:

@@ -6,7 +6,7 @@ import sys
 
 from morered.cli.common import (EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, Interruptible,
                                 add_model_flags, check_output_dir, check_output_file, int_at_least,
-                                nonneg_int, read_inputs)
+                                nonneg_int, positive_int, read_inputs)
 from morered.errors import OptionError
 from morered.sampling.samplers import (DEFAULT_JUMP, DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, DEFAULT_TAIL_STEPS,
                                       DEFAULT_TAIL_T, STOP_REASONS)
@@ -50,7 +50,17 @@ def add_parser(sub):
     p.add_argument("--reference", metavar="FILE", help="reference geometries in the same order: print the "
                    "RMSD (Kabsch, all atoms) of each structure before and after relaxation")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    big = p.add_argument_group("large inputs", "the input is read lazily and the output appended a chunk at a "
+                               "time (xyz/extxyz, SDF, ASE db): memory does not grow with the input")
+    big.add_argument("--resume", action="store_true", help="continue an interrupted run into the same -o: "
+                     "the structures already in the output and errors file are skipped")
+    big.add_argument("--shard", metavar="K/N", help="relax only the structures whose input index i has "
+                     "i %% N == K (round-robin); join shard outputs with `morered merge`")
+    big.add_argument("--devices", type=positive_int, default=None, help="run N worker processes (shards; "
+                     "with --device cuda one GPU each, cuda:0..N-1) and merge their outputs into -o")
+    big.add_argument("--threads", type=positive_int, default=None, help="torch threads per process "
+                     "(default: 1 on a machine with <= 2 cores, where it was measured fastest; else torch's choice)")
+    p.set_defaults(func=run, batch_size=None)
 
 
 def _report_rmsd(reference, records, results) -> None:
@@ -79,13 +89,9 @@ def _report_rmsd(reference, records, results) -> None:
 
 
 def run(args) -> int:
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    from morered.io import check_output_format, errors_path, write_errors, write_structures, write_trajectory
-    from morered.sampling.api import check_device, check_relax_options, relax, resolve_model
+    from morered.io import check_output_format, errors_path
+    from morered.sampling import stream as st
+    from morered.sampling.api import check_device, check_relax_options, resolve_model
 
     # everything that can be refused is refused before any work is done
     t_conv = DEFAULT_T_CONV if args.t_conv is None else args.t_conv
@@ -93,7 +99,13 @@ def run(args) -> int:
         raise OptionError("--variant ddpm needs --t-start (the diffusion step the inputs are at)")
     check_relax_options(variant=args.variant, max_steps=args.max_steps, t_conv=t_conv, patience=args.patience,
                         t_eq=args.t_eq, t_start=args.t_start, final_step=args.final_step,
-                        batch_size=args.batch_size, max_atoms=args.max_atoms)
+                        batch_size=args.batch_size or 1, max_atoms=args.max_atoms)
+    shard = st.parse_shard(args.shard) if args.shard else (0, 1)
+    devices = _devices(args)
+    if devices > 1 and args.shard:
+        raise OptionError("--devices N runs N shards itself: give --shard or --devices, not both")
+    if devices > 1 and args.reference:
+        raise OptionError("--reference needs one process: leave out --devices")
     inputs = [args.input] + ([args.reference] if args.reference else [])
     check_output_file(args.output, "-o", inputs)
     check_output_format(args.output)
@@ -101,78 +113,105 @@ def run(args) -> int:
     if args.trajectory:
         check_output_dir(args.trajectory, "--trajectory")
     check_device(args.device)
+    if devices > 1:
+        from morered.cli.parallel import run_devices
+
+        return run_devices(args, devices)
+    _set_threads(args.threads, args.device)
     model = resolve_model(args.model, args.variant, args.device, args.time_model)
     check_relax_options(variant=args.variant, t_conv=t_conv, t_start=args.t_start, T=model.schedule.T)
-    records = read_inputs(args.input)
-    reference = read_inputs(args.reference) if args.reference else None
+    from morered.io import StructureStream
 
-    ok = [k for k, r in enumerate(records) if r.error is None]
-    results = [{"positions": None, "error": r.error} for r in records]
-    done = []
-    chunk = max(1, CHUNK_BATCHES * args.batch_size)
-    t0 = time.time()
-    interrupted = False
+    StructureStream(args.input)  # unreadable file, unknown format: exit 2 before anything is written
+    reference = read_inputs(args.reference) if args.reference else None
+    batch_size = args.batch_size or st.auto_batch_size(args.device, st.mean_atoms(args.input))
+    chunk = max(1, CHUNK_BATCHES * batch_size)
+    kept: list = []
     bar = None
     if not args.no_progress:
         from morered.io import progress_bar
 
-        bar = progress_bar(len(ok), f"relax ({args.variant})", "mol")
+        bar = progress_bar(None, f"relax ({args.variant})", "mol", machine=True)
+
+    def on_chunk(c):
+        if bar is None:
+            return
+        counts = {"converged": c["converged"], "rejected": c["failed"], "relaxed": c["relaxed"]}
+        bar.counts = counts
+        if c["fraction"]:
+            bar.total = max(c["read"], int(round(c["read"] / c["fraction"])))
+        bar.set_postfix(counts, refresh=False)
+        bar.update(c["chunk"] - c["chunk_relaxed"])  # the relaxed ones were counted as they finished
+
     try:
         with Interruptible("the structures in flight") as stop:
-            for s in range(0, len(ok), chunk):
-                if stop.requested:
-                    break
-                part = ok[s:s + chunk]
-                res = relax([records[k].atoms for k in part], model, args.variant,
-                            max_steps=args.max_steps, t_conv=t_conv, t_start=args.t_start,
-                            stochastic=args.stochastic, batch_size=args.batch_size, final_step=args.final_step,
-                            patience=args.patience, t_eq=args.t_eq, tail_t=args.tail_t, tail_steps=args.tail_steps,
-                            jump=args.jump, seed=args.seed + s, device=args.device,
-                            trajectory=bool(args.trajectory), max_atoms=args.max_atoms,
-                            progress=bar.update if bar is not None else False)
-                for k, r in zip(part, res):
-                    if r.error is not None:
-                        records[k].error = r.error
-                        continue
-                    done.append(r)
-                    results[k] = {"positions": r.positions, "morered_steps": r.steps,
-                                  "morered_converged": r.converged, "morered_t0": r.t0,
-                                  "morered_t_final": r.t_final, "morered_variant": args.variant}
-                    if r.stop is not None:
-                        results[k]["morered_stop"] = r.stop
-                    if args.trajectory:
-                        Path(args.trajectory).mkdir(parents=True, exist_ok=True)
-                        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in records[k].name)
-                        write_trajectory(Path(args.trajectory) / f"{k:05d}_{safe}.extxyz", records[k].atoms.numbers,
-                                         r.trajectory, r.frame_steps(), records[k].name)
-            interrupted = stop.requested
-    except KeyboardInterrupt:  # the second Ctrl-C: keep what is finished
-        interrupted = True
+            summary = st.relax_file(
+                args.input, args.output, model, args.variant, chunk=chunk, shard=shard, resume=args.resume,
+                seed=args.seed, trajectory_dir=args.trajectory, on_chunk=on_chunk, stop=stop,
+                keep=(lambda rec, res: kept.append((rec, res))) if reference is not None else None,
+                max_steps=args.max_steps, t_conv=t_conv, t_start=args.t_start, stochastic=args.stochastic,
+                batch_size=batch_size, final_step=args.final_step, patience=args.patience, t_eq=args.t_eq,
+                tail_t=args.tail_t, tail_steps=args.tail_steps, jump=args.jump, device=args.device,
+                max_atoms=args.max_atoms, progress=bar.update if bar is not None else False)
     finally:
         if bar is not None:
             bar.close()
-    if interrupted:
-        for k in ok:
-            if results[k]["positions"] is None and records[k].error is None:
-                records[k].error = "not relaxed: the run was interrupted"
-    wall = time.time() - t0
-    failed = write_structures(args.output, records, results)
-    write_errors(errors_path(args.output), failed)  # none: an earlier errors file is removed
-    stops = ", ".join(f"{sum(r.stop == s for r in done)} {s}" for s in STOP_REASONS[:-1])
-    target = args.output if done else "no output file (nothing relaxed)"
-    print(f"{len(records)} structures: {len(done)} relaxed ({stops}), median steps "
-          f"{float(np.median([r.steps for r in done])) if done else float('nan'):.0f}, "
-          f"wall {wall:.1f} s, {len(done) / max(wall, 1e-9):.1f} structures/s -> {target}")
+    return report(summary, args.output, args.variant, kept, reference)
+
+
+def report(summary, output, variant, kept=(), reference=None) -> int:
+    """Print the one-line summary (and the errors), return the exit code."""
+    from morered.io import errors_path
+
+    stops = ", ".join(f"{summary.stops[s]} {s}" for s in STOP_REASONS[:-1])
+    target = output if summary.output_written else "no output file (nothing relaxed)"
+    total = summary.read + summary.skipped
+    resumed = f" ({summary.skipped} done before the resume)" if summary.skipped else ""
+    print(f"{total} structures{resumed}: {summary.relaxed} relaxed ({stops}), median steps "
+          f"{summary.median_steps():.0f}, wall {summary.wall:.1f} s, "
+          f"{summary.relaxed / max(summary.wall, 1e-9):.1f} structures/s -> {target}")
     if reference is not None:
-        _report_rmsd(reference, records, results)
-    if failed:
-        ep = errors_path(args.output)
-        print(f"{len(failed)} structures not relaxed, reasons in {ep}:", file=sys.stderr)
-        for r in failed[:10]:
-            print(f"  {r.name}: {r.error}", file=sys.stderr)
-        if len(failed) > 10:
-            print(f"  ... and {len(failed) - 10} more", file=sys.stderr)
-    if interrupted:
-        print("interrupted", file=sys.stderr)
+        _report_rmsd(reference, [r for r, _ in kept], [res for _, res in kept])
+    if summary.failed:
+        ep = errors_path(output)
+        print(f"{summary.failed} structures not relaxed, reasons in {ep}:", file=sys.stderr)
+        shown = 0
+        import csv
+
+        with open(ep, newline="") as f:
+            for row in csv.DictReader(f):
+                if shown >= 10:
+                    break
+                print(f"  {row['name']}: {row['reason']}", file=sys.stderr)
+                shown += 1
+        if summary.failed > 10:
+            print(f"  ... and {summary.failed - 10} more", file=sys.stderr)
+    if summary.interrupted:
+        print("interrupted (rerun with --resume to continue)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+#: torch threads per process on CPU when --threads is not given, on machines with at most
+#: SMALL_MACHINE_CPUS cores: measured on the 2-core machine (benchmarks/results/stream), 1 process
+#: x 2 threads ran 52 structures/s, 2 processes x 1 thread 265/s, 1 x 1 290/s (10k structures)
+DEFAULT_CPU_THREADS = 1
+SMALL_MACHINE_CPUS = 2
+
+
+def _set_threads(threads, device: str = "cpu") -> None:
+    import os
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif str(device) == "cpu" and (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS:
+        torch.set_num_threads(DEFAULT_CPU_THREADS)
+
+
+def _devices(args) -> int:
+    """Worker processes: --devices, else 1 (see DEFAULT_CPU_PROCESSES)."""
+    if args.devices is not None:
+        return args.devices
+    return 1

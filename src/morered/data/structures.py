@@ -1,4 +1,5 @@
-"""A user's own equilibrium structures (any file ase.io reads, ASE db, SDF) as training data."""
+"""Splitting a user's own equilibrium structures into train / val / test (they are read and validated by
+:func:`morered.training.train.load_own_structures`, which skips bad structures with a reason)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from morered.data.molecules import Molecules
-
-
-def load_structures(path: str | Path) -> Molecules:
-    """Read every structure of ``path``; ids are the frame indices.  A structure that cannot be
-    read or is invalid (NaN coordinates, < 2 atoms) raises, naming it: training data must be clean."""
-    from morered.io import read_structures
-
-    positions, numbers = [], []
-    for rec in read_structures(path):
-        if rec.error is not None:
-            raise ValueError(f"{path}: structure {rec.index} ({rec.name}): {rec.error}")
-        x = np.asarray(rec.atoms.positions, dtype=np.float64)
-        if len(x) < 2 or not np.isfinite(x).all():
-            raise ValueError(f"{path}: structure {rec.index} ({rec.name}): needs >= 2 atoms with finite coordinates")
-        positions.append(x - x.mean(0))
-        numbers.append(rec.atoms.numbers)
-    if not positions:
-        raise ValueError(f"{path}: no structures")
-    return Molecules.from_lists(positions, numbers)
 
 
 def split_structures(mols: Molecules, split_file, val_fraction: float, test_fraction: float, seed: int) -> dict:

@@ -401,7 +401,54 @@ def add_cli_arguments(p) -> None:
     p.set_defaults(func=_cli_run)
 
 
+def check_cli_args(args) -> None:
+    """Every option of ``benchmark relax`` checked before any work: OptionError (exit 2) naming it."""
+    import re
+
+    from morered.errors import OptionError
+
+    ranges = [("n", args.n, 1), ("max_steps", args.max_steps, 0), ("dft", args.dft, 0),
+              ("batch_size", args.batch_size, 1), ("threads", args.threads, 1), ("n_normal_mode", args.n_normal_mode, 0)]
+    for name, value, lo in ranges:
+        if value is not None and value < lo:
+            raise OptionError(f"--{name.replace('_', '-')} must be >= {lo}, not {value}")
+    for name, value in (("temperature", args.temperature), ("fmax", args.fmax)):
+        if not (value > 0 and value < float("inf")):
+            raise OptionError(f"--{name} must be a positive number, not {value}")
+    if not args.methods:
+        raise OptionError(f"--methods: give at least one of {','.join(METHODS)}")
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad:
+        raise OptionError(f"--methods: unknown {', '.join(bad)} (choose from {','.join(METHODS)})")
+    if not args.kinds:
+        raise OptionError("--kinds: give at least one input kind")
+    bad = [k for k in args.kinds if k not in DEFAULT_KINDS and not re.fullmatch(r"diffused_\d+", k)]
+    if bad:
+        raise OptionError(f"--kinds: unknown {', '.join(bad)} (diffused_<t>, normal_mode, mmff_min, xtb_min)")
+    if (args.inputs is None) != (args.refs is None):
+        raise OptionError("--inputs and --refs go together: give both or neither")
+    for opt, path in (("--inputs", args.inputs), ("--refs", args.refs)):
+        if path is None:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise OptionError(f"{opt} {p} is a directory, not a structure file")
+        if not p.is_file():
+            raise OptionError(f"{opt} {p}: no such file")
+        if not os.access(p, os.R_OK):
+            raise OptionError(f"{opt} {p}: permission denied")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file, not a folder")
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"--out {out}: cannot write to {existing}")
+
+
 def _cli_run(args) -> int:
+    check_cli_args(args)
     if args.threads:
         import torch
 
