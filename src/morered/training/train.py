@@ -49,6 +49,7 @@ def load_training_data(cfg: dict) -> tuple[Molecules, Molecules, dict]:
         train, val, errors = training_data(d["data_dir"], d["split_file"], cfg["seed"])
         for e in errors:
             log.warning("QM7-X: skipped %s", e)
+        skipped = [{"index": -1, "name": "qm7x", "reason": str(e)} for e in errors]
         name = "qm7x"
     else:
         from morered.data.structures import split_structures
