@@ -12,7 +12,7 @@ def add_parser(sub):
                        description="Generate molecules from pure noise: x_T ~ centred N(0, I) for each "
                        "composition, then MoreRed's adaptive schedule (jt, as: the step re-predicted from the "
                        "structure at every iteration) or DDPM's fixed schedule T..1 (ddpm). Each output "
-                       "structure carries morered_valid, morered_smiles, morered_steps. Exit code: 0 = every "
+                       "structure carries morered_valid, morered_steps and, when valid, morered_smiles. Exit code: 0 = every "
                        "composition gave a structure (valid or not), 1 = some failed (non-finite model "
                        "output; OUTPUT's .errors.csv), 2 = nothing done (bad options or compositions).")
     src = p.add_mutually_exclusive_group(required=True)
@@ -115,6 +115,8 @@ def _name(k: int, numbers) -> str:
 def write_generated(path, generated, checks, variant: str):
     """Write the generated structures (the one place output is written: switch to an atomic
     writer here).  SDF: the EDM bond orders of valid molecules, no bonds for the others.
+    ``morered_smiles`` is set on valid molecules only (an empty string would corrupt the next
+    key of an extxyz comment line as ase writes it).
     Returns the records that could not be written (non-finite output)."""
     import numpy as np
     from ase import Atoms
@@ -136,8 +138,9 @@ def write_generated(path, generated, checks, variant: str):
                 Chem.SanitizeMol(mol)
             mol.SetProp("_Name", name)
         records.append(Record(name, k, atoms, mol, g.error))
+        # morered_smiles None (absent) when the molecule is not valid
         results.append({"positions": g.positions, "error": g.error, "morered_valid": bool(c.valid),
-                        "morered_smiles": c.smiles or "", "morered_steps": int(g.steps),
+                        "morered_smiles": c.smiles, "morered_steps": int(g.steps),
                         "morered_stable": bool(c.stable), "morered_converged": bool(g.converged),
                         "morered_variant": variant})
     return write_structures(path, records, results)

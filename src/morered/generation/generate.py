@@ -171,6 +171,7 @@ class Generated:
     trajectory_t: list[int] | None = None
     trajectory: list[np.ndarray] | None = field(default=None, repr=False)
     error: str | None = None
+    snapshots: dict[int, np.ndarray] | None = field(default=None, repr=False)
 
 
 def generate(
@@ -186,6 +187,7 @@ def generate(
     trajectory: bool = False,
     progress: bool | Callable = False,
     max_atoms: int | None = None,
+    snapshots: Sequence[int] = (),
 ) -> list[Generated]:
     """Generate one molecule per composition from pure noise.
 
@@ -199,6 +201,8 @@ def generate(
         trajectory: keep the positions after every step.
         progress: a tqdm bar (True) or ``progress(n_done)``.
         max_atoms: the largest molecule accepted (default: the largest the model was trained on).
+        snapshots: keep the positions after these numbers of iterations (what a run with that
+            ``max_steps`` would return, up to the sampler's noise draws) in ``Generated.snapshots``.
     """
     from morered.sampling.api import resolve_model
 
@@ -212,6 +216,9 @@ def generate(
     opts = generation_options(variant, lm.schedule.T, max_steps, batch_size, seed, device)
     mols = initial_noise(numbers_list, seed)
     traj = {k: [x.copy()] for k, (_, x) in enumerate(mols)} if trajectory else {}
+    keep = set(int(m) for m in snapshots)
+    snaps: dict[int, dict[int, np.ndarray]] = {k: {} for k in range(len(mols))} if keep else {}
+    iters = np.zeros(len(mols), dtype=np.int64)
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -222,6 +229,11 @@ def generate(
         if trajectory:
             for k, x in zip(ev["mol"], ev["positions"]):
                 traj[k].append(x)
+        if keep:
+            for k, x in zip(ev["mol"], ev["positions"]):
+                iters[k] += 1
+                if iters[k] in keep:
+                    snaps[k][int(iters[k])] = x
         if bar is not None:
             bar.update(ev["n_done"])
         elif callable(progress):
@@ -229,10 +241,15 @@ def generate(
 
     sampler = ddpm if variant == "ddpm" else adaptive
     try:
-        res = sampler(lm.model, mols, lm.schedule, opts, callback if (trajectory or progress) else None)
+        res = sampler(lm.model, mols, lm.schedule, opts, callback if (trajectory or progress or keep) else None)
     finally:
         if bar is not None:
             bar.close()
-    return [Generated(z, r.positions, r.steps, r.converged, r.t_final, r.trajectory_t,
+    out = []
+    for k, ((z, _), r) in enumerate(zip(mols, res)):
+        g = Generated(z, r.positions, r.steps, r.converged, r.t_final, r.trajectory_t,
                       traj.get(k) if r.error is None else None, r.error)
-            for k, ((z, _), r) in enumerate(zip(mols, res))]
+        if keep and r.error is None:  # a molecule that stopped earlier keeps its final structure
+            g.snapshots = {m: snaps[k].get(m, r.positions) for m in sorted(keep)}
+        out.append(g)
+    return out
