@@ -9,6 +9,7 @@ defaults (patience, t_eq) were chosen for inputs near equilibrium and are not in
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,7 @@ def generate(
     progress: bool | Callable = False,
     max_atoms: int | None = None,
     snapshots: Sequence[int] = (),
+    overrides: dict | None = None,
 ) -> list[Generated]:
     """Generate one molecule per composition from pure noise.
 
@@ -203,6 +205,8 @@ def generate(
         max_atoms: the largest molecule accepted (default: the largest the model was trained on).
         snapshots: keep the positions after these numbers of iterations (what a run with that
             ``max_steps`` would return, up to the sampler's noise draws) in ``Generated.snapshots``.
+        overrides: fields of :class:`SamplerOptions` to change from :func:`generation_options`
+            (for measuring other stopping rules, e.g. ``{"patience": 50}``).
     """
     from morered.sampling.api import resolve_model
 
@@ -214,6 +218,8 @@ def generate(
         raise ModelError(str(e)) from e
     check_compositions(numbers_list, lm.elements, max_atoms or lm.max_atoms)
     opts = generation_options(variant, lm.schedule.T, max_steps, batch_size, seed, device)
+    if overrides:
+        opts = dataclasses.replace(opts, **overrides)
     mols = initial_noise(numbers_list, seed)
     traj = {k: [x.copy()] for k, (_, x) in enumerate(mols)} if trajectory else {}
     keep = set(int(m) for m in snapshots)
