@@ -2,7 +2,7 @@
 compositions with the same seed: t_conv = 0 alone vs relaxation's patience rule vs a larger step
 budget. Prints valid / valid+unique %, mean steps and wall time per rule.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/generation_stopping.py --n 30
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/generation_stopping.py --n 24
 """
 
 import argparse
@@ -16,15 +16,16 @@ from morered.generation.generate import generate
 from morered.generation.metrics import check_molecules, summarize
 
 RULES = {
-    "t_conv 0, max 1000 (chosen)": ({}, 1000),
-    "t_conv 0 + patience 50, max 1000 (relaxation's)": ({"patience": 50}, 1000),
-    "t_conv 0 + patience 20, max 1000": ({"patience": 20}, 1000),
+    "t_conv 0, max 1000": ({"t_conv": 0}, 1000),
+    "t_conv 0 + patience 50, max 1000 (relaxation's)": ({"t_conv": 0, "patience": 50}, 1000),
+    "t_conv 10, max 1000": ({}, 1000),
+    "t_conv 10, max 2000": ({}, 2000),
 }
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--variant", default="jt")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -76,7 +76,7 @@ def test_parse_composition():
 
 def test_generation_does_not_inherit_relaxation_stopping_rules():
     o = generation_options("jt", 1000, max_steps=700)
-    assert o.stochastic and o.patience == 0 and o.t_eq == -1 and o.t_conv == 0 and o.max_steps == 700
+    assert o.stochastic and o.patience == 0 and o.t_eq == -1 and o.t_conv == 10 and o.max_steps == 700
     d = generation_options("ddpm", 1000, max_steps=10)
     assert d.t_start == 1000 and d.max_steps == 1000  # the fixed schedule always runs all T steps
 

@@ -25,9 +25,10 @@ from morered.sampling.samplers import SamplerOptions, adaptive, ddpm
 VARIANTS = ("jt", "as", "ddpm")
 
 #: Stopping rule of the adaptive schedule in generation, chosen by measurement
-#: (README "Generate molecules"; benchmarks/results/generate_*): stop when the predicted step
-#: reaches 0 or after ``max_steps``; no patience and no t_eq (see generation_options).
-GENERATION_T_CONV = 0
+#: (benchmarks/generation_stopping.py, README "Generate molecules"): stop when the predicted step
+#: is <= 10 (noise of ~0.01 Å left; the time head hovers at 1-20 for hundreds of steps before it
+#: says 0, if ever) or after ``max_steps``; no patience and no t_eq (see generation_options).
+GENERATION_T_CONV = 10
 GENERATION_PATIENCE = 0
 GENERATION_T_EQ = -1
 
@@ -130,8 +131,8 @@ def generation_options(variant: str, T: int, max_steps: int = 1000, batch_size: 
     """The sampler options of generation, built here (never copied from relaxation's):
 
     - stochastic updates (DDPM's sampler);
-    - adaptive (``jt``/``as``): stop when the predicted step reaches 0 (then one last mean step) or
-      after ``max_steps``; patience off (a run from noise can plateau at high t for a while and
+    - adaptive (``jt``/``as``): stop when the predicted step is <= GENERATION_T_CONV (then one last
+      mean step) or after ``max_steps``; patience off (a run from noise can plateau at high t for a while and
       would be cut off half-made) and t_eq off (x_T is never at equilibrium);
     - ``ddpm``: the fixed schedule from T, all T steps (``max_steps`` does not shorten it).
     """
