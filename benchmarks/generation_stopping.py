@@ -19,7 +19,8 @@ RULES = {
     "t_conv 0, max 1000": ({"t_conv": 0}, 1000),
     "t_conv 0 + patience 50, max 1000 (relaxation's)": ({"t_conv": 0, "patience": 50}, 1000),
     "t_conv 10, max 1000": ({}, 1000),
-    "t_conv 10, max 2000": ({}, 2000),
+    "t_conv 10, max 2000 (chosen)": ({}, 2000),
+    "t_conv 0, max 2000": ({"t_conv": 0}, 2000),
 }
 
 

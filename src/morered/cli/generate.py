@@ -8,6 +8,8 @@ from morered.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_model_flags
 
 
 def add_parser(sub):
+    from morered.generation.generate import GENERATION_MAX_STEPS
+
     p = sub.add_parser("generate", help="generate new molecules from pure noise for given compositions",
                        description="Generate molecules from pure noise: x_T ~ centred N(0, I) for each "
                        "composition, then MoreRed's adaptive schedule (jt, as: the step re-predicted from the "
@@ -27,8 +29,8 @@ def add_parser(sub):
     p.add_argument("--variant", choices=["jt", "as", "ddpm"], default="jt",
                    help="jt (default; shipped JT model), as (shipped ddpm noise + time model), ddpm (fixed "
                    "schedule with the shipped ddpm model)")
-    p.add_argument("--max-steps", type=int, default=1000, help="jt/as: most reverse steps per molecule "
-                   "(default 1000); ddpm always runs all T steps")
+    p.add_argument("--max-steps", type=int, default=GENERATION_MAX_STEPS, help="jt/as: most reverse steps per "
+                   "molecule (default %(default)s); ddpm always runs all T steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the compositions drawn, x_T and the sampler "
                    "noise (same seed and batch size: same molecules)")
     p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per molecule to DIR")

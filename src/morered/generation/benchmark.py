@@ -31,7 +31,7 @@ LABELS = {"ddpm": "DDPM (fixed schedule)", "jt": "MoreRed-JT (adaptive)", "as": 
 
 
 def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str] = ("ddpm", "jt", "as"),
-                             seed: int = 0, max_steps: int = 1000, sweep: Sequence[int] = (100, 250, 500, 750, 1000),
+                             seed: int = 0, max_steps: int = 2000, sweep: Sequence[int] = (250, 500, 1000, 1500, 2000),
                              batch_size: int = 128, device: str = "cpu", n_plot: int = 6,
                              progress: bool = True) -> dict:
     """Generate ``n`` molecules per variant from the same ``n`` test-split compositions and seed,
@@ -159,8 +159,8 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--out", default="benchmarks/results/generate", help="output folder")
     p.add_argument("--variants", default="ddpm,jt,as", help="comma-separated, from ddpm, jt, as")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--sweep", default="100,250,500,750,1000", help="max-steps values for the validity curve")
+    p.add_argument("--max-steps", type=int, default=2000, help="adaptive variants (default 2000)")
+    p.add_argument("--sweep", default="250,500,1000,1500,2000", help="max-steps values for the validity curve")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
