@@ -261,7 +261,8 @@ def summarize(checks: Sequence[MoleculeCheck], train_smiles: set[str] | None = N
     )
 
 
-def evaluate(molecules: Iterable[tuple[Sequence[int], np.ndarray]], novelty: bool = True) -> tuple[GenerationMetrics, list[MoleculeCheck]]:
+def evaluate(molecules: Iterable[tuple[Sequence[int], np.ndarray]],
+             novelty: bool = True) -> tuple[GenerationMetrics, list[MoleculeCheck]]:
     """Check every ``(numbers, positions)`` and aggregate; novelty against the QM9 training split
     (needs the ``qm9pack`` data; computed once, then cached)."""
     checks = check_molecules(molecules)
