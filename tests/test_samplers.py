@@ -15,7 +15,7 @@ from conftest import random_rotation
 from morered import properties as P
 from morered.diffusion.schedule import NoiseSchedule
 from morered.sampling.models import load_model, pair
-from morered.sampling.samplers import SAMPLERS, SamplerOptions, generate
+from morered.sampling.samplers import SAMPLERS, SamplerOptions
 
 SCHEDULE = NoiseSchedule("polynomial", 1000)
 
@@ -305,16 +305,6 @@ def test_negative_t_conv_stops_at_step_zero(test_molecules):
     assert (r1.steps, r1.converged, r1.t_final, r1.trajectory_t) == (3, True, 0, [30, 20, 10, 0])
 
 
-def test_generate_gives_centred_finite_structures(tiny):
-    numbers = [np.array([6, 1, 1, 1, 1]), np.array([8, 1, 1])]
-    res = generate(tiny.model, numbers, SCHEDULE, SamplerOptions(max_steps=3, seed=0), adaptive_schedule=False)
-    for r, z in zip(res, numbers):
-        assert r.positions.shape == (len(z), 3) and np.isfinite(r.positions).all()
-        np.testing.assert_allclose(r.positions.mean(0), 0.0, atol=1e-9)
-        assert r.t0 == 1000 and r.steps == 3
-
-
-# ------------------------------------------------------------------------------------ bad input
 def _bad_and_good(test_molecules):
     good = [Atoms(numbers=z, positions=x) for z, x in _inputs(test_molecules, range(3))]
     silicon = good[0].copy()

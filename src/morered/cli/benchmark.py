@@ -25,6 +25,7 @@ def add_parser(sub):
 
     add_speed(bsub.add_parser("speed", help="MoreRed-JT (kernels, threads, batch, stopping rule) vs MMFF94 vs "
                               "GFN2-xTB: structures/s and accuracy in one run"))
+    _add_benchmark_generate(bsub)
 
 
 def _bench_train(args) -> int:
@@ -70,4 +71,12 @@ def _add_benchmark_relax(bsub):
     except ImportError:  # pragma: no cover - the evaluation extra is part of the package
         return
     p = bsub.add_parser("relax", help="MoreRed vs MMFF94 vs GFN2-xTB on QM9 test molecules (paper Fig. 4)")
+    add_cli_arguments(p)
+
+
+def _add_benchmark_generate(bsub):
+    from morered.generation.benchmark import add_cli_arguments
+
+    p = bsub.add_parser("generate", help="DDPM fixed schedule vs MoreRed-JT/AS generation from noise (paper "
+                        "Table 1, Fig. 12)")
     add_cli_arguments(p)

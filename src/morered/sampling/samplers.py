@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from morered import properties as P
-from morered.data.batch import centred_noise
 from morered.diffusion.schedule import NoiseSchedule, ddim_step, predict_x0, reverse_step
 
 
@@ -375,17 +374,3 @@ def adaptive(model, molecules, schedule, options, callback=None) -> list[Relaxed
 
 SAMPLERS = {"ddpm": ddpm, "itp": itp, "as": adaptive, "jt": adaptive}
 
-
-def generate(model, numbers_list, schedule, options, callback=None, adaptive_schedule: bool = True) -> list[Relaxed]:
-    """Generation from pure noise (SPEC §1): x_T ~ centred N(0, I) for each composition, then the
-    adaptive sampler (MoreRed) or the fixed schedule T..1 (DDPM).  Stochastic updates."""
-    gen = torch.Generator().manual_seed(int(options.seed) + 1)
-    mols = []
-    for z in numbers_list:
-        idx = torch.zeros(len(z), dtype=torch.long)
-        mols.append((np.asarray(z), centred_noise((len(z), 3), idx, generator=gen, dtype=torch.float64).numpy()))
-    opts = SamplerOptions(**{**options.__dict__, "stochastic": True})
-    if adaptive_schedule:
-        return adaptive(model, mols, schedule, opts, callback)
-    opts.t_start = schedule.T
-    return ddpm(model, mols, schedule, opts, callback)

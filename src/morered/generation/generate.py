@@ -1,0 +1,267 @@
+"""New molecules from pure noise: compositions -> centred Gaussian x_T -> reverse diffusion.
+
+``jt`` / ``as`` run MoreRed's adaptive schedule (the step re-predicted from the structure before
+every reverse step, SPEC §6); ``ddpm`` runs the fixed schedule T, T-1, ..., 1 (Ho et al. 2020).
+Updates are stochastic (DDPM's sampler: the posterior noise sigma_t z at every step, none on the
+last).  Generation has its own stopping rule (:func:`generation_options`): the relaxation
+defaults (patience, t_eq) were chosen for inputs near equilibrium and are not inherited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+
+from morered.errors import InputError, ModelError, OptionError
+from morered.sampling.samplers import SamplerOptions, adaptive, ddpm
+
+VARIANTS = ("jt", "as", "ddpm")
+
+#: Stopping rule of the adaptive schedule in generation, chosen by measurement
+#: (benchmarks/generation_stopping.py, README "Generate molecules"): stop when the predicted step
+#: is <= 10 (noise of ~0.01 Å left; the time head hovers at 1-20 for hundreds of steps before it
+#: says 0, if ever) or after ``max_steps``; no patience and no t_eq (see generation_options).
+GENERATION_T_CONV = 10
+GENERATION_PATIENCE = 0
+GENERATION_T_EQ = -1
+#: most reverse steps of the adaptive schedule: the shipped JT model's time head lags behind the
+#: true noise level at large t, so a run from noise needs more than T iterations (24 validation
+#: compositions: 29 % valid with 1000, 71 % with 2000)
+GENERATION_MAX_STEPS = 2000
+
+_TOKEN = re.compile(r"([A-Z][a-z]?)(\d*)")
+
+
+def parse_composition(text: str, elements: set[int] | None = None, max_atoms: int | None = None) -> np.ndarray:
+    """Atomic numbers of a sum formula such as ``C7H10O2`` (heavy atoms in formula order, then H).
+
+    Args:
+        text: the formula; an element may appear more than once (``CH3CH2OH``).
+        elements: atomic numbers the model knows; others are refused.
+        max_atoms: the largest molecule accepted.
+
+    Raises:
+        OptionError: unparsable text, unknown element, a zero count, fewer than 2 atoms or more
+            than ``max_atoms``.
+    """
+    s = text.strip()
+    if not s or _TOKEN.sub("", s):
+        raise OptionError(f"composition {text!r}: not a sum formula like C7H10O2")
+    counts: dict[int, int] = {}
+    for sym, num in _TOKEN.findall(s):
+        if sym not in atomic_numbers or sym == "X":
+            raise OptionError(f"composition {text!r}: unknown element {sym!r}")
+        z = atomic_numbers[sym]
+        if elements is not None and z not in elements:
+            known = " ".join(chemical_symbols[e] for e in sorted(elements))
+            raise OptionError(f"composition {text!r}: the model was not trained on {sym} (it knows {known})")
+        k = int(num) if num else 1
+        if k == 0:
+            raise OptionError(f"composition {text!r}: {sym}0 (a count must be at least 1)")
+        counts[z] = counts.get(z, 0) + k
+    n = sum(counts.values())
+    if n < 2:
+        raise OptionError(f"composition {text!r}: {n} atom; at least 2 are needed")
+    if max_atoms is not None and n > max_atoms:
+        raise OptionError(f"composition {text!r}: {n} atoms; the model accepts at most {max_atoms} "
+                          "(the largest molecule it was trained on)")
+    order = sorted(counts, key=lambda z: (z == 1, list(counts).index(z)))
+    return np.concatenate([np.full(counts[z], z, dtype=np.int64) for z in order])
+
+
+def formula(numbers: Sequence[int]) -> str:
+    """Hill formula (C, H, then alphabetical), e.g. ``C7H10O2``."""
+    from ase.formula import Formula
+
+    return Formula.from_list([chemical_symbols[int(z)] for z in numbers]).format("hill")
+
+
+def compositions_from_test(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Compositions of ``n`` molecules drawn with ``seed`` from the QM9 test split of the shipped
+    split (the paper's protocol); without replacement while ``n`` <= the split's size."""
+    from morered.data.qm9 import load_qm9, split_ids
+
+    if n < 1:
+        raise OptionError(f"--from-test {n}: need at least 1 composition")
+    qm9 = load_qm9()
+    test = split_ids(qm9)["test"]
+    ids = np.random.default_rng(seed).choice(test, size=n, replace=n > len(test))
+    where = {int(i): k for k, i in enumerate(qm9.ids)}
+    return [np.asarray(qm9.molecule(where[int(i)])[1], dtype=np.int64) for i in ids]
+
+
+def compositions_from_file(path: str | Path) -> list[np.ndarray]:
+    """Compositions (atomic numbers) of the readable structures of any file ``io`` reads."""
+    from morered.io import read_structures
+
+    recs = [r for r in read_structures(path) if r.atoms is not None]
+    if not recs:
+        raise InputError(f"{path}: no structures")
+    return [np.asarray(r.atoms.numbers, dtype=np.int64) for r in recs]
+
+
+def check_compositions(numbers_list: Sequence[np.ndarray], elements: set[int], max_atoms: int) -> None:
+    """OptionError naming the first composition the model cannot generate."""
+    for k, z in enumerate(numbers_list):
+        f = formula(z) if len(z) else "(empty)"
+        unknown = sorted(set(int(e) for e in z) - set(elements))
+        if unknown:
+            raise OptionError(f"composition {k} ({f}): elements the model was not trained on: "
+                              + " ".join(chemical_symbols[e] for e in unknown))
+        if not 2 <= len(z) <= max_atoms:
+            raise OptionError(f"composition {k} ({f}): {len(z)} atoms; need 2..{max_atoms}")
+
+
+def initial_noise(numbers_list: Sequence[np.ndarray], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """x_T ~ N(0, I) projected to zero centre, one generator per molecule seeded from
+    ``(seed, index)``: the same seed gives the same start for every variant and batch size."""
+    out = []
+    for k, z in enumerate(numbers_list):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0]))
+        x = torch.randn((len(z), 3), generator=g, dtype=torch.float64)
+        out.append((np.asarray(z, dtype=np.int64), (x - x.mean(0)).numpy()))
+    return out
+
+
+def generation_options(variant: str, T: int, max_steps: int = GENERATION_MAX_STEPS, batch_size: int = 128,
+                       seed: int = 0, device="cpu") -> SamplerOptions:
+    """The sampler options of generation, built here (never copied from relaxation's):
+
+    - stochastic updates (DDPM's sampler);
+    - adaptive (``jt``/``as``): stop when the predicted step is <= GENERATION_T_CONV (then one last
+      mean step) or after ``max_steps``; patience off (a run from noise can plateau at high t for a while and
+      would be cut off half-made) and t_eq off (x_T is never at equilibrium);
+    - ``ddpm``: the fixed schedule from T, all T steps (``max_steps`` does not shorten it).
+    """
+    if variant not in VARIANTS:
+        raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    if max_steps < 1:
+        raise OptionError(f"--max-steps {max_steps}: must be at least 1")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
+    if variant == "ddpm":
+        return SamplerOptions(max_steps=T, t_start=T, stochastic=True, batch_size=batch_size, seed=seed,
+                              device=device, patience=0, t_eq=-1, tail_t=0, tail_steps=0, jump=0.0)
+    # relaxation's tail and DDIM jumps are not inherited either (measured for relaxation only)
+    return SamplerOptions(max_steps=max_steps, t_conv=GENERATION_T_CONV, patience=GENERATION_PATIENCE,
+                          t_eq=GENERATION_T_EQ, stochastic=True, final_step="mean", batch_size=batch_size,
+                          seed=seed, device=device, tail_t=0, tail_steps=0, jump=0.0)
+
+
+@dataclass
+class Generated:
+    """One generated structure.
+
+    Attributes:
+        numbers: ``[n]`` atomic numbers.
+        positions: ``[n, 3]`` Å (centred), None when the model produced non-finite values.
+        steps: reverse steps taken.
+        converged: adaptive: the predicted step reached 0; ddpm: the schedule reached 0.
+        t_final: last predicted (adaptive) or scheduled (ddpm) step.
+        trajectory_t: the step used at every iteration.
+        trajectory: positions after every step, x_T first (when requested).
+        error: why there is no structure, else None.
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray | None
+    steps: int
+    converged: bool
+    t_final: int
+    trajectory_t: list[int] | None = None
+    trajectory: list[np.ndarray] | None = field(default=None, repr=False)
+    error: str | None = None
+    snapshots: dict[int, np.ndarray] | None = field(default=None, repr=False)
+
+
+def generate(
+    numbers_list: Sequence[np.ndarray],
+    variant: str = "jt",
+    model=None,
+    *,
+    time_model=None,
+    max_steps: int = GENERATION_MAX_STEPS,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    trajectory: bool = False,
+    progress: bool | Callable = False,
+    max_atoms: int | None = None,
+    snapshots: Sequence[int] = (),
+    overrides: dict | None = None,
+) -> list[Generated]:
+    """Generate one molecule per composition from pure noise.
+
+    Args:
+        numbers_list: atomic numbers of each molecule to generate.
+        variant: ``jt`` (MoreRed-JT), ``as`` (MoreRed-AS: noise model + time model) or ``ddpm``
+            (fixed schedule T..1).
+        model, time_model: as in :func:`morered.sampling.api.resolve_model` (None: shipped).
+        max_steps: most reverse steps of the adaptive schedule.
+        seed: one seed for x_T and the sampler's noise: same seed, same batch size -> same output.
+        trajectory: keep the positions after every step.
+        progress: a tqdm bar (True) or ``progress(n_done)``.
+        max_atoms: the largest molecule accepted (default: the largest the model was trained on).
+        snapshots: keep the positions after these numbers of iterations (what a run with that
+            ``max_steps`` would return, up to the sampler's noise draws) in ``Generated.snapshots``.
+        overrides: fields of :class:`SamplerOptions` to change from :func:`generation_options`
+            (for measuring other stopping rules, e.g. ``{"patience": 50}``).
+    """
+    from morered.sampling.api import resolve_model
+
+    if variant not in VARIANTS:
+        raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    try:
+        lm = resolve_model(model, variant, device, time_model)
+    except (FileNotFoundError, ValueError) as e:
+        raise ModelError(str(e)) from e
+    check_compositions(numbers_list, lm.elements, max_atoms or lm.max_atoms)
+    opts = generation_options(variant, lm.schedule.T, max_steps, batch_size, seed, device)
+    if overrides:
+        opts = dataclasses.replace(opts, **overrides)
+    mols = initial_noise(numbers_list, seed)
+    traj = {k: [x.copy()] for k, (_, x) in enumerate(mols)} if trajectory else {}
+    keep = set(int(m) for m in snapshots)
+    snaps: dict[int, dict[int, np.ndarray]] = {k: {} for k in range(len(mols))} if keep else {}
+    iters = np.zeros(len(mols), dtype=np.int64)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mols), desc=f"generate ({variant})", unit="mol")
+
+    def callback(ev):
+        if trajectory:
+            for k, x in zip(ev["mol"], ev["positions"]):
+                traj[k].append(x)
+        if keep:
+            for k, x in zip(ev["mol"], ev["positions"]):
+                iters[k] += 1
+                if iters[k] in keep:
+                    snaps[k][int(iters[k])] = x
+        if bar is not None:
+            bar.update(ev["n_done"])
+        elif callable(progress):
+            progress(ev["n_done"])
+
+    sampler = ddpm if variant == "ddpm" else adaptive
+    try:
+        res = sampler(lm.model, mols, lm.schedule, opts, callback if (trajectory or progress or keep) else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = []
+    for k, ((z, _), r) in enumerate(zip(mols, res)):
+        g = Generated(z, r.positions, r.steps, r.converged, r.t_final, r.trajectory_t,
+                      traj.get(k) if r.error is None else None, r.error)
+        if keep and r.error is None:  # a molecule that stopped earlier keeps its final structure
+            g.snapshots = {m: snaps[k].get(m, r.positions) for m in sorted(keep)}
+        out.append(g)
+    return out

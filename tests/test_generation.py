@@ -1,0 +1,151 @@
+"""Generation from noise and its metrics: EDM stability, RDKit validity, the CLI end to end."""
+
+import numpy as np
+import pytest
+
+from morered.errors import OptionError
+from morered.generation.generate import (generate, generation_options, initial_noise, parse_composition)
+from morered.generation.metrics import (bond_orders, check_molecule, check_molecules, summarize)
+
+# methane: C at the origin, H at 1.09 Å on the tetrahedron's corners
+_TET = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float) / np.sqrt(3)
+METHANE = ([6, 1, 1, 1, 1], np.vstack([[0, 0, 0], 1.09 * _TET]))
+
+
+def _qm9_sample(qm9, n=300):
+    from morered.data.qm9 import split_ids
+
+    mols = qm9.select_ids(split_ids(qm9)["test"][:n])
+    return [(mols.molecule(k)[1], mols.molecule(k)[0].astype(np.float64)) for k in range(len(mols))]
+
+
+def test_qm9_reference_geometries_score_high(qm9):
+    m = summarize(check_molecules(_qm9_sample(qm9)))
+    # published for all of QM9 under EDM's tables: 99.0 / 95.2 / 97.7 %
+    assert m.atom_stability > 0.98
+    assert m.molecule_stability > 0.90
+    assert m.validity > 0.93 and m.validity_edm >= m.validity
+    assert m.uniqueness > 0.95
+
+
+def test_broken_molecules_fail(qm9):
+    sample = _qm9_sample(qm9, 100)
+    stretched = summarize(check_molecules([(z, 1.4 * x) for z, x in sample]))  # every bond 40 % longer
+    assert stretched.validity < 0.05 and stretched.molecule_stability < 0.05
+    rng = np.random.default_rng(0)
+    noise = summarize(check_molecules([(z, rng.normal(size=x.shape)) for z, x in sample]))
+    assert noise.validity < 0.1 and noise.atom_stability < 0.6
+
+
+def test_bond_orders_follow_edm_tables():
+    pair = lambda d: bond_orders([6, 6], [[0, 0, 0], [d, 0, 0]])[0, 1]  # noqa: E731
+    # C-C: single < 154+10 pm, double < 134+5, triple < 120+3
+    assert [pair(1.54), pair(1.63), pair(1.65), pair(1.38), pair(1.40), pair(1.22), pair(1.24)] == [1, 1, 0, 2, 1, 3, 2]
+    assert bond_orders([1, 1], [[0, 0, 0], [0.74, 0, 0]])[0, 1] == 1  # H-H has no double entry
+
+
+def test_methane_is_stable_and_valid():
+    c = check_molecule(*METHANE)
+    assert c.stable and c.n_stable_atoms == 5 and c.valid and c.smiles == "C"
+
+
+def test_stretched_bond_breaks_stability_and_connectivity():
+    z, x = METHANE
+    x = x.copy()
+    x[1] = 1.30 * _TET[0]  # C-H 130 pm > 109 + 10
+    c = check_molecule(z, x)
+    assert not c.stable and c.n_stable_atoms == 3  # C (3 bonds) and the lost H are unstable
+    assert not c.valid and c.valid_edm and c.n_fragments == 2  # EDM's rule keeps the largest fragment
+
+
+def test_pentavalent_carbon_is_unstable_and_invalid():
+    z, x = METHANE
+    c = check_molecule(z + [1], np.vstack([x, [[0.0, 0.0, 1.09]]]))
+    assert not c.stable and not c.valid and not c.valid_edm
+    assert "valence" in c.reason
+
+
+def test_parse_composition():
+    z = parse_composition("C7H10O2", elements={1, 6, 7, 8, 9}, max_atoms=29)
+    assert sorted(z.tolist()) == sorted([6] * 7 + [1] * 10 + [8] * 2) and z[0] == 6 and z[-1] == 1
+    assert sorted(parse_composition("CH3CH2OH").tolist()) == sorted([6, 6, 8] + [1] * 6)
+    for bad in ["Xy2", "C0H4", "C500", "C", "", "c2h6", "S2", "C-1"]:
+        with pytest.raises(OptionError):
+            parse_composition(bad, elements={1, 6, 7, 8, 9}, max_atoms=29)
+
+
+def test_generation_does_not_inherit_relaxation_stopping_rules():
+    o = generation_options("jt", 1000, max_steps=700)
+    assert o.stochastic and o.patience == 0 and o.t_eq == -1 and o.t_conv == 10 and o.max_steps == 700
+    assert o.tail_t == 0 and o.jump == 0.0  # relaxation's tail and DDIM jumps neither
+    d = generation_options("ddpm", 1000, max_steps=10)
+    assert d.t_start == 1000 and d.max_steps == 1000  # the fixed schedule always runs all T steps
+
+
+def test_initial_noise_is_centred_and_independent_of_the_list_around_it():
+    a = initial_noise([np.array([6, 1, 1]), np.array([8, 1])], seed=3)
+    b = initial_noise([np.array([6, 1, 1])], seed=3)
+    assert np.allclose(a[0][1], b[0][1]) and np.allclose(a[1][1].mean(0), 0)
+    assert not np.allclose(initial_noise([np.array([6, 1, 1])], seed=4)[0][1], b[0][1])
+
+
+def test_generation_is_deterministic_for_a_seed(tiny_model_path):
+    comps = [parse_composition("C3H6O"), parse_composition("C2H7N")]
+    run = lambda seed: generate(comps, "jt", str(tiny_model_path), max_steps=4, seed=seed, snapshots=[2])  # noqa: E731
+    a, b, c = run(0), run(0), run(1)
+    assert all(np.array_equal(x.positions, y.positions) for x, y in zip(a, b))
+    assert not np.allclose(a[0].positions, c[0].positions)
+    assert a[0].steps <= 4 and set(a[0].snapshots) == {2}
+    assert np.isfinite(a[0].positions).all() and np.allclose(a[0].positions.mean(0), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ext", ["sdf", "extxyz", "db"])
+def test_cli_generate_and_evaluate_round_trip(tmp_path, tiny_model_path, capsys, ext):
+    from morered.cli.main import main
+    from morered.io import read_structures
+
+    out = tmp_path / f"gen.{ext}"
+    rc = main(["generate", "--composition", "C3H6O", "-n", "2", "--composition", "CH4", "--max-steps", "3",
+               "--model", str(tiny_model_path), "-o", str(out), "--no-progress", "--no-novelty",
+               "--trajectory", str(tmp_path / "traj")])
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert "4 molecules (jt, seed 0): valid" in line and "molecules/s" in line
+    recs = read_structures(out)
+    assert [r.atoms.get_chemical_formula() for r in recs] == ["C3H6O", "C3H6O", "CH4", "CH4"]
+    for r in recs:
+        info = r.atoms.info
+        assert info["morered_steps"] <= 3 and ("morered_smiles" in info) == bool(info["morered_valid"])
+    assert len(list((tmp_path / "traj").glob("*.extxyz"))) == 4
+    assert main(["evaluate", "generated", str(out), "--no-novelty"]) == 0
+    assert "molecule_stability" in capsys.readouterr().out
+
+
+def test_cli_sdf_has_bonds_for_valid_molecules(tmp_path, qm9):
+    from morered.cli.generate import write_generated
+    from morered.generation.generate import Generated
+    from morered.io import read_structures
+
+    (z, x), = _qm9_sample(qm9, 1)
+    z = np.asarray(z, dtype=np.int64)
+    gen = [Generated(z, x, 5, True, 0), Generated(z, 1.5 * x, 5, True, 0)]
+    checks = check_molecules([(g.numbers, g.positions) for g in gen])
+    assert [c.valid for c in checks] == [True, False]
+    out = tmp_path / "two.sdf"
+    assert write_generated(out, gen, checks, "jt") == []
+    recs = read_structures(out)
+    assert recs[0].mol.GetNumBonds() > 0 and recs[1].mol.GetNumBonds() == 0
+    assert str(recs[0].mol.GetProp("morered_valid")) == "True" and recs[0].mol.GetProp("morered_smiles") == checks[0].smiles
+    assert np.allclose(recs[0].atoms.positions, x, atol=1e-4)
+
+
+@pytest.mark.parametrize("args", [["--composition", "Xy2"], ["--composition", "C0H4"], ["--composition", "C500"],
+                                  ["--composition", "C3H8", "-n", "0"], ["--from-test", "0"]])
+def test_cli_generate_refuses_bad_input(tmp_path, tiny_model_path, capsys, args):
+    from morered.cli.main import main
+
+    out = tmp_path / "g.xyz"
+    assert main(["generate", *args, "--model", str(tiny_model_path), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
