@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from morered.cli import benchmark, relax, score, train
+from morered.cli import benchmark, label, relax, score, train
 from morered.errors import EXIT_INTERRUPTED, MoreRedError
 
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (train, relax, score, benchmark):
+    for command in (train, relax, score, benchmark, label):
         command.add_parser(sub)
     return parser
 
