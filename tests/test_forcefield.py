@@ -115,3 +115,30 @@ def test_element_energies_least_squares():
     energies = [sum(e_true[z] for z in num[a:b]) for a, b in zip(off[:-1], off[1:])]
     t = fit_element_energies(num, off, energies)
     assert t[1] == pytest.approx(-0.5) and t[6] == pytest.approx(-38.0) and t[8] == pytest.approx(-75.0)
+
+
+def test_calculator_with_ase_optimizer_and_batches():
+    from ase import Atoms
+    from ase.optimize import LBFGS
+
+    from morered.calculators import ForceField as Calc
+
+    m = model(dens=False)
+    calc = Calc(m)
+    b = batch()
+    x = b[P.R].numpy()
+    a = Atoms(numbers=b[P.Z].numpy()[:5], positions=x[:5])
+    a.calc = calc
+    e, f = a.get_potential_energy(), a.get_forces()
+    ref = m(b)
+    assert e == pytest.approx(ref[P.energy][0].item(), rel=1e-10)
+    np.testing.assert_allclose(f, ref[P.forces][:5].detach().numpy(), atol=1e-10)
+    es, fs = calc.evaluate([a, (b[P.Z].numpy()[5:], x[5:])], batch_size=1)
+    np.testing.assert_allclose(es, ref[P.energy].detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(fs[1], ref[P.forces][5:].detach().numpy(), atol=1e-10)
+    e0 = a.get_potential_energy()
+    a.positions = a.positions + 1e-3 * a.get_forces()  # a small step along the forces goes downhill
+    assert a.get_potential_energy() < e0
+    opt = LBFGS(a, logfile=None)
+    opt.run(fmax=0.05, steps=5)  # any ASE optimizer drives it
+    assert opt.nsteps > 0 and np.isfinite(a.get_positions()).all()
