@@ -5,7 +5,9 @@ from morered.cli.common import int_or_str
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a diffusion (ddpm), time (time) or joint (jt) model")
-    p.add_argument("--model", dest="model_type", choices=["jt", "ddpm", "time"], help="what to train (default: jt)")
+    p.add_argument("--model", dest="model_type", choices=["jt", "ddpm", "time", "forcefield"],
+                   help="what to train (default: jt); forcefield: PaiNN energies and forces on `morered label` data")
+    p.add_argument("--dens", action="store_true", help="forcefield: DeNS auxiliary denoising (forcefield.dens)")
     p.add_argument("--config", help="YAML file overriding the packaged defaults")
     p.add_argument("--out", required=True, help="folder for checkpoints, logs and the exported model")
     p.add_argument("--data", help="own equilibrium structures (xyz, extxyz, ASE db, sdf, ...) instead of QM9")
@@ -34,6 +36,7 @@ def run(args) -> int:
         "data.batch_size": args.batch_size, "trainer.devices": int_or_str(args.devices),
         "trainer.num_nodes": args.num_nodes, "trainer.accelerator": args.accelerator,
         "trainer.precision": args.precision, "trainer.threads": args.threads,
+        "forcefield.dens": True if args.dens else None,
     }
     from morered.training.config import parse_override
 

@@ -140,15 +140,19 @@ def train(cfg: dict, out: str | Path) -> Path:
     resuming = last.exists()
     log.info("config written to %s%s", out / "config.yaml", f"; resuming from {last}" if resuming else "")
 
-    # 2. data
-    train_set, val_set, info = load_training_data(cfg)
-    log.info("data: %s, %d train / %d val molecules", info["name"], info["n_train"], info["n_val"])
-    d = cfg["data"]
-    train_dl = loader(train_set, int(d["batch_size"]), True, int(d["num_workers"]))
-    val_dl = loader(val_set, int(d["batch_size"]), False, int(d["num_workers"]))
+    # 2. data, 3. model and task
+    if cfg["model_type"] == "forcefield":
+        from morered.training.forcefield import build_forcefield_run
 
-    # 3. model and task
-    task = DiffusionTask(cfg, info)
+        task, train_dl, val_dl, info = build_forcefield_run(cfg)
+        log.info("data: %s, %d train / %d val structures", info["name"], info["n_train"], info["n_val"])
+    else:
+        train_set, val_set, info = load_training_data(cfg)
+        log.info("data: %s, %d train / %d val molecules", info["name"], info["n_train"], info["n_val"])
+        d = cfg["data"]
+        train_dl = loader(train_set, int(d["batch_size"]), True, int(d["num_workers"]))
+        val_dl = loader(val_set, int(d["batch_size"]), False, int(d["num_workers"]))
+        task = DiffusionTask(cfg, info)
     task.export_path = out / "best.pt"
     n_par = sum(p.numel() for p in task.model.parameters())
     log.info("model: %s, %d parameters", cfg["model_type"], n_par)
