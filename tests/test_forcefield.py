@@ -142,3 +142,48 @@ def test_calculator_with_ase_optimizer_and_batches():
     opt = LBFGS(a, logfile=None)
     opt.run(fmax=0.05, steps=5)  # any ASE optimizer drives it
     assert opt.nsteps > 0 and np.isfinite(a.get_positions()).all()
+
+
+def synthetic_labels(path, n=24, seed=0):
+    """Labels with a known smooth energy (harmonic bonds to the first atom) instead of GFN2-xTB."""
+    from morered.forcefield.labels import Labels
+
+    g = np.random.default_rng(seed)
+    pos, num, en, fo = [], [], [], []
+    for k in range(n):
+        z = np.array([6, 1, 1, 8, 1][: 3 + k % 3])
+        x = g.normal(size=(len(z), 3))
+        d = x - x[0]
+        en.append(-10.0 * len(z) + 0.5 * (d**2).sum())
+        f = -d
+        f[0] = d[1:].sum(0)
+        pos.append(x)
+        num.append(z)
+        fo.append(f)
+    n_at = np.array([len(z) for z in num])
+    split = np.array(["train"] * (n - 8) + ["val"] * 4 + ["test"] * 4)
+    lab = Labels(np.concatenate(pos), np.concatenate(num), np.concatenate([[0], np.cumsum(n_at)]), np.arange(n),
+                 np.array(en), np.concatenate(fo), np.array(["reference"] * n), split, {"method": "synthetic"}, [])
+    lab.save(path)
+    return lab
+
+
+@pytest.mark.parametrize("dens", [False, True])
+def test_train_forcefield_exports_and_resumes(tmp_path, dens):
+    from conftest import tiny_config
+
+    from morered.forcefield.model import load_forcefield
+    from morered.training.train import train
+
+    synthetic_labels(tmp_path / "labels.npz")
+    over = {"forcefield.labels": str(tmp_path / "labels.npz"), "forcefield.dens": dens, "forcefield.p": 1.0,
+            "data.batch_size": 4, "trainer.max_steps": 3, "trainer.val_every_steps": 2}
+    path = train(tiny_config("forcefield", **over), tmp_path / "run")
+    m = load_forcefield(path)
+    assert (m.noise_head is not None) == dens
+    assert m.element_energy[6].item() != 0.0 and m.scale.item() > 0  # fitted on the training labels
+    d = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert d["model_type"] == "forcefield" and d["global_step"] == 3
+    # resume: three more steps from last.ckpt
+    train(tiny_config("forcefield", **{**over, "trainer.max_steps": 6}), tmp_path / "run")
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["global_step"] == 6
