@@ -31,3 +31,13 @@ eps_pred = "eps_pred"
 t_pred_atom = "t_pred_atom"
 #: predicted normalised step per molecule (mean over atoms), ``[n_mol]``
 t_pred = "t_pred"
+
+# force fields (SPEC §8, §11)
+#: energy per molecule, ``[n_mol]`` (eV); labels and predictions
+energy = "energy"
+#: forces, ``[n_atoms, 3]`` (eV/Å); labels and predictions
+forces = "forces"
+#: DeNS: forces fed to the network as an equivariant input (zero where not corrupted), ``[n_atoms, 3]``
+force_input = "force_input"
+#: DeNS: predicted noise / sigma per atom, ``[n_atoms, 3]``
+noise_pred = "noise_pred"

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from morered.cli import benchmark, evaluate, generate, merge, relax, score, train
+from morered.cli import benchmark, evaluate, generate, label, merge, relax, score, train
 from morered.cli.common import EXIT_CODES_HELP
 from morered.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, MoreRedError
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (train, relax, score, generate, evaluate, benchmark, merge):
+    for command in (train, relax, score, generate, evaluate, benchmark, merge, label):
         command.add_parser(sub)
     return parser
 

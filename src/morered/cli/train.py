@@ -11,7 +11,9 @@ def add_parser(sub):
                        "structures that cannot be used (unreadable records, < 2 atoms, NaN, overlapping atoms) "
                        "are skipped with a warning and listed in --out/skipped.csv; nothing is created before "
                        "the data and options were checked.", epilog=EXIT_CODES_HELP)
-    p.add_argument("--model", dest="model_type", choices=["jt", "ddpm", "time"], help="what to train (default: jt)")
+    p.add_argument("--model", dest="model_type", choices=["jt", "ddpm", "time", "forcefield"],
+                   help="what to train (default: jt); forcefield: PaiNN energies and forces on `morered label` data")
+    p.add_argument("--dens", action="store_true", help="forcefield: DeNS auxiliary denoising (forcefield.dens)")
     p.add_argument("--config", help="YAML file overriding the packaged defaults")
     p.add_argument("--out", required=True, help="folder for checkpoints, logs and the exported model")
     p.add_argument("--data", help="own equilibrium structures (xyz, extxyz, ASE db, sdf, ...) instead of QM9")
@@ -53,6 +55,7 @@ def run(args) -> int:
         "data.batch_size": args.batch_size, "trainer.devices": int_or_str(args.devices),
         "trainer.num_nodes": args.num_nodes, "trainer.accelerator": args.accelerator,
         "trainer.precision": args.precision, "trainer.threads": args.threads,
+        "forcefield.dens": True if args.dens else None,
     }
     overrides = dict(parse_override(s) for s in args.set)
     overrides.update({k: v for k, v in flags.items() if v is not None})

@@ -10,15 +10,16 @@ failure, never drops it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+# the minimisers live at the data floor (displacements use them too); re-exported here
+from morered.data.displacements import mmff_minimize, perceive_bonds, xtb_calculator, xtb_minimize  # noqa: F401
 
 
 @dataclass
@@ -70,62 +71,6 @@ def relax_identity(numbers, positions, ref_positions=None, max_steps: int = 0, *
 # ---------------------------------------------------------------------------- MMFF94 (RDKit)
 
 
-@contextlib.contextmanager
-def _quiet_c_output():
-    """Silence C-level stdout and stderr (RDKit's extended-Hückel code prints "suspicious
-    distance" warnings there for every strained molecule).  Errors still raise exceptions."""
-    for s in (sys.stdout, sys.stderr):
-        s.flush()
-    saved = []
-    try:
-        with open(os.devnull, "w") as null:
-            for fd in (1, 2):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(null.fileno(), fd)
-            yield
-    finally:
-        for fd, old in saved:
-            os.dup2(old, fd)
-            os.close(old)
-
-
-def perceive_bonds(numbers, ref_positions, charge: int = 0):
-    """An RDKit molecule with bonds and bond orders perceived from a (reference) geometry.
-
-    Tries, in order: ``DetermineBonds`` (connect-the-dots connectivity, xyz2mol bond orders) with
-    the given total charge; the same with extended-Hückel connectivity, which rescues strained
-    cages whose short non-bonded distances look like bonds (about 6 % of QM9); connectivity only
-    (all single bonds; MMFF typing then usually fails and the caller reports an error).
-
-    Returns:
-        ``(mol, how)`` with ``how`` in ``{"xyz2mol", "hueckel", "connectivity"}``.
-    """
-    from ase import Atoms
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem import rdDetermineBonds
-
-    from morered.io import mol_from_atoms
-
-    RDLogger.DisableLog("rdApp.*")
-    atoms = Atoms(numbers=np.asarray(numbers, int), positions=np.asarray(ref_positions, np.float64))
-    for how, kw in (("xyz2mol", {}), ("hueckel", {"useHueckel": True})):
-        mol = mol_from_atoms(atoms, bonds=False)
-        try:
-            with _quiet_c_output() if kw else contextlib.nullcontext():
-                rdDetermineBonds.DetermineBonds(mol, charge=charge, **kw)
-            return mol, how
-        except Exception:  # RDKit raises ValueError/RuntimeError variants; try the next method
-            continue
-    mol = mol_from_atoms(atoms, bonds=False)
-    rdDetermineBonds.DetermineConnectivity(mol)
-    try:
-        Chem.SanitizeMol(mol)
-    except Exception:
-        mol.UpdatePropertyCache(strict=False)
-        Chem.FastFindRings(mol)
-    return mol, "connectivity"
-
-
 def relax_mmff(numbers, positions, ref_positions, max_steps: int = 1000, charge: int = 0, **opts) -> BaselineResult:
     """MMFF94 minimisation with RDKit, bonds perceived from the reference geometry.
 
@@ -141,37 +86,13 @@ def relax_mmff(numbers, positions, ref_positions, max_steps: int = 1000, charge:
     """
     t0 = time.perf_counter()
     try:
-        from rdkit.Chem import rdForceFieldHelpers, rdtrajectory  # noqa: F401  (registers Snapshot)
-        from rdkit.Geometry import Point3D
-
-        mol, how = perceive_bonds(numbers, ref_positions, charge)
-        props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
-        if props is None:
-            raise ValueError(f"MMFF94 cannot type the molecule (bonds from {how})")
-        conf = mol.GetConformer()
-        for i, p in enumerate(np.asarray(positions, dtype=np.float64)):
-            conf.SetAtomPosition(i, Point3D(*map(float, p)))
-        ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props)
-        if ff is None:
-            raise ValueError("RDKit could not set up the MMFF94 force field")
-        ff.Initialize()
-        code, snapshots = ff.MinimizeTrajectory(1, maxIts=int(max_steps))
-        x = np.asarray(ff.Positions(), dtype=np.float64).reshape(-1, 3)
-        if not np.isfinite(x).all():
-            raise FloatingPointError("MMFF94 produced non-finite positions")
-        return BaselineResult(x, len(snapshots), code == 0, time.perf_counter() - t0)
+        x, steps, converged = mmff_minimize(numbers, positions, ref_positions, max_steps, charge)
+        return BaselineResult(x, steps, converged, time.perf_counter() - t0)
     except Exception as e:  # a structure the method cannot handle is a failure, reported
         return _error(e, t0)
 
 
 # ---------------------------------------------------------------------------- GFN2-xTB (tblite)
-
-
-def xtb_calculator(charge: int = 0, method: str = "GFN2-xTB", **kw):
-    """tblite's ASE calculator, silent."""
-    from tblite.ase import TBLite
-
-    return TBLite(method=method, charge=charge, verbosity=0, **kw)
 
 
 def relax_xtb(
@@ -185,18 +106,8 @@ def relax_xtb(
     t0 = time.perf_counter()
     threads = omp_threads()
     try:
-        from ase import Atoms
-        from ase.optimize import LBFGS
-
-        atoms = Atoms(numbers=np.asarray(numbers, int), positions=np.asarray(positions, np.float64))
-        atoms.calc = xtb_calculator(charge=charge, **opts)
-        opt = LBFGS(atoms, logfile=None)
-        converged = bool(opt.run(fmax=fmax, steps=int(max_steps)))
-        x = atoms.get_positions()
-        if not np.isfinite(x).all():
-            raise FloatingPointError("GFN2-xTB relaxation produced non-finite positions")
-        energy = float(atoms.get_potential_energy())
-        return BaselineResult(x, int(opt.nsteps), converged, time.perf_counter() - t0, None, energy, threads)
+        x, steps, converged, energy = xtb_minimize(numbers, positions, max_steps, fmax, charge, **opts)
+        return BaselineResult(x, steps, converged, time.perf_counter() - t0, None, energy, threads)
     except Exception as e:  # SCF failures etc.: a reported failure
         return _error(e, t0, threads)
 

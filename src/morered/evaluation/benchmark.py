@@ -15,13 +15,15 @@ import numpy as np
 from morered.evaluation.baselines import BASELINES, BaselineResult, available, omp_threads
 from morered.evaluation.inputs import (Structures, input_settings, make_inputs, qm7x_inputs, qm9_references,
                                       read_user_inputs)
+from morered.evaluation.peers import PEERS, RELAX as PEER_RELAX, peer_available
 from morered.evaluation.report import summarize, write_report
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_rmsd, rmsd_ratio
 from morered.sampling.api import relax, resolve_model
 
 #: MoreRed variants, run through :func:`morered.sampling.api.relax`
 MORERED = ("jt", "as", "itp")
-METHODS = ("identity", "mmff", "xtb") + MORERED
+#: ML force fields (``peers``): ASE L-BFGS with the GFN2-xTB baseline's max_steps and fmax
+METHODS = ("identity", "mmff", "xtb") + MORERED + PEERS
 DEFAULT_METHODS = ("identity", "mmff", "xtb", "jt", "as", "itp")
 DEFAULT_KINDS = ("diffused_50", "diffused_100", "diffused_150", "normal_mode", "mmff_min", "xtb_min")
 #: default number of QM9 test molecules (see :func:`run_relax_benchmark`)
@@ -73,8 +75,8 @@ def _morered_models(variants, model, time_model):
 
 
 def _run_baseline(method, inputs: Structures, refs: Structures, valid, max_steps, fmax, progress):
-    fn = BASELINES[method]
-    opts = {"fmax": fmax} if method == "xtb" else {}
+    fn = BASELINES[method] if method in BASELINES else PEER_RELAX[method]
+    opts = {"fmax": fmax} if method == "xtb" or method in PEERS else {}
     it = valid
     if progress:
         from tqdm import tqdm
@@ -322,7 +324,7 @@ def run_relax_benchmark(
     models, skipped = _morered_models(variants, model, time_model)
     for m in methods:
         if m not in MORERED:
-            ok, why = available(m)
+            ok, why = peer_available(m) if m in PEERS else available(m)
             if not ok:
                 skipped[m] = why
     for m, why in skipped.items():

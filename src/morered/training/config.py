@@ -92,8 +92,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def validate(cfg: dict) -> None:
     """OptionError naming the first config value that cannot work (before anything is created)."""
-    if cfg["model_type"] not in ("jt", "ddpm", "time"):
-        raise OptionError(f"model_type must be jt, ddpm or time, not {cfg['model_type']!r}")
+    if cfg["model_type"] not in ("jt", "ddpm", "time", "forcefield"):
+        raise OptionError(f"model_type must be jt, ddpm, time or forcefield, not {cfg['model_type']!r}")
     if str(cfg["trainer"]["precision"]).startswith("16"):
         # the GradScaler needs Lightning's automatic optimisation; ours is manual (to skip bad
         # batches on every rank together), so fp16 loss scaling is not supported

@@ -297,18 +297,29 @@ def train(cfg: dict, out: str | Path) -> Path:
     if acc == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise OptionError("--accelerator mps: MPS is not available on this machine")
 
-    # 1. data, validated before anything is created
-    train_set, val_set, info = load_training_data(cfg)
-    log.info("data: %s, %d train / %d val molecules", info["name"], info["n_train"], info["n_val"])
-    skipped = info.pop("skipped", [])
+    # 1. data (and for force fields the task), validated before anything is created
+    task = None
+    if cfg["model_type"] == "forcefield":
+        from morered.training.forcefield import build_forcefield_run
+
+        task, train_dl, val_dl, info = build_forcefield_run(cfg)
+        skipped = []
+        log.info("data: %s, %d train / %d val structures", info["name"], info["n_train"], info["n_val"])
+    else:
+        train_set, val_set, info = load_training_data(cfg)
+        log.info("data: %s, %d train / %d val molecules", info["name"], info["n_train"], info["n_val"])
+        skipped = info.pop("skipped", [])
+        d = cfg["data"]
+        train_dl = loader(train_set, int(d["batch_size"]), True, int(d["num_workers"]))
+        val_dl = loader(val_set, int(d["batch_size"]), False, int(d["num_workers"]))
 
     # from here on, SIGTERM / Ctrl-C stop the run after the current step, writing what is done
     stop = StopRequest()
     with stop:
-        return _train(cfg, out, stop, train_set, val_set, info, skipped)
+        return _train(cfg, out, stop, train_dl, val_dl, info, skipped, task)
 
 
-def _train(cfg, out, stop, train_set, val_set, info, skipped) -> Path:
+def _train(cfg, out, stop, train_dl, val_dl, info, skipped, task=None) -> Path:
     # 2. config and the list of skipped structures
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
@@ -322,12 +333,10 @@ def _train(cfg, out, stop, train_set, val_set, info, skipped) -> Path:
     last = out / "checkpoints" / "last.ckpt"
     resuming = last.exists()
     log.info("config written to %s%s", out / "config.yaml", f"; resuming from {last}" if resuming else "")
-    d = cfg["data"]
-    train_dl = loader(train_set, int(d["batch_size"]), True, int(d["num_workers"]))
-    val_dl = loader(val_set, int(d["batch_size"]), False, int(d["num_workers"]))
 
     # 3. model and task
-    task = DiffusionTask(cfg, info)
+    if task is None:
+        task = DiffusionTask(cfg, info)
     task.export_path = out / "best.pt"
     if cfg.get("init_from") and not resuming:
         start = init_from_model(task, cfg["init_from"])

@@ -1,0 +1,177 @@
+"""A PaiNN energy model: energies, forces as their negative gradient, optional DeNS heads.
+
+The energy is a sum of atomic terms ``scale * mlp(s_i) + offset[Z_i]``; the per-element offsets
+``offset`` (eV) are fitted by least squares on the training energies (:func:`fit_element_energies`)
+and ``scale`` (eV) is the RMS of the training force components times 1 Å, so that the network
+learns numbers of order one.  Forces are ``-dE/dx`` (energy conserving); in training the graph is
+kept (``create_graph``) so that the force loss trains the weights.
+
+DeNS (SPEC §11) needs the original forces of corrupted atoms as an *equivariant input*.  The
+PaiNN representation is called as a black box, ``representation(Z, positions, edges)``, so the
+force input enters right after it and is spread to the neighbours by one more PaiNN block
+(interaction + mixing) that every model here has, with or without DeNS (same architecture, same
+parameter count; without a force input the block is just one more layer):
+
+- vectors: ``v_i += F_i/scale ⊗ g(s_i, |F_i|)``, a copy of the force per channel gated by a
+  learned function of invariants (a scalar times a vector: equivariant);
+- scalars: ``s_i += mlp(|F_i|/scale)`` (invariant), zero where ``F_i = 0``.
+
+A separate equivariant head (gated equivariant blocks) predicts ``eps/sigma`` per atom.  At
+inference the force input is zero and the head is unused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from morered import properties as P
+from morered.data.batch import full_graph, radius_graph
+from morered.nn.blocks import RADIAL, Dense, cosine_cutoff, mlp
+from morered.nn.heads import GatedEquivariantBlock
+from morered.nn.painn import PaiNN, PaiNNInteraction, PaiNNMixing
+
+REPRESENTATIONS = {"painn": PaiNN}
+
+
+class ForceInput(nn.Module):
+    """Adds a force field ``[n_atoms, 3]`` (zero = none) to PaiNN features ``(s, v)`` equivariantly."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.scalar = nn.Sequential(Dense(1, n_features, F.silu), Dense(n_features, n_features))
+        self.gate = nn.Sequential(Dense(n_features + 1, n_features, F.silu), Dense(n_features, n_features))
+
+    def forward(self, s, v, force):
+        norm = torch.linalg.vector_norm(force, dim=-1, keepdim=True)  # [n, 1], invariant
+        has = (norm > 0).to(s.dtype)  # atoms without force input keep their features exactly
+        s_new = s + has * self.scalar(norm)
+        g = self.gate(torch.cat([s, norm], dim=-1)) * has  # [n, F]
+        v_new = v + force[:, :, None] * g[:, None, :]
+        return s_new, v_new
+
+
+class NoisePredictionHead(nn.Module):
+    """Equivariant per-atom 3-vector (eps/sigma) from ``(s, v)``; not re-centred."""
+
+    def __init__(self, n_features: int, n_layers: int = 2):
+        super().__init__()
+        widths = [n_features] + [max(1, n_features // 2**k) for k in range(1, n_layers)] + [1]
+        self.blocks = nn.ModuleList(
+            GatedEquivariantBlock(widths[k], widths[k], widths[k + 1], widths[k + 1], widths[k],
+                                  sactivation=None if k == n_layers - 1 else F.silu)
+            for k in range(n_layers)
+        )
+
+    def forward(self, s, v):
+        for b in self.blocks:
+            s, v = b(s, v)
+        return v[..., 0]
+
+
+class ForceField(nn.Module):
+    """PaiNN energy model with forces by autograd and an optional DeNS noise head.
+
+    Args:
+        representation: ``{"name": "painn", **PaiNN kwargs}``.
+        head_layers: layers of the atom-wise energy MLP.
+        dens: build the force input's noise head (the force-input block exists either way).
+        graph: ``full`` or ``radius`` (``graph_cutoff`` Å, default the representation cutoff).
+        max_z: largest atomic number (size of the offset table).
+    """
+
+    def __init__(self, representation: dict | None = None, head_layers: int = 2, dens: bool = False,
+                 graph: str = "full", graph_cutoff: float | None = None, max_z: int = 100):
+        super().__init__()
+        rep = dict(representation or {})
+        name = rep.pop("name", "painn")
+        self.representation = REPRESENTATIONS[name](**rep)
+        n = self.representation.n_features
+        cutoff = self.representation.cutoff
+        self.force_input = ForceInput(n)
+        n_rbf = int(rep.get("n_rbf", 20))
+        self.radial = RADIAL[rep.get("radial", "gaussian")](n_rbf, cutoff)
+        self.filter_net = Dense(n_rbf, 3 * n)
+        self.interaction = PaiNNInteraction(n)
+        self.mixing = PaiNNMixing(n)
+        self.energy_head = mlp(n, 1, head_layers)
+        self.noise_head = NoisePredictionHead(n) if dens else None
+        if graph not in ("full", "radius"):
+            raise ValueError(f"graph must be 'full' or 'radius', not {graph!r}")
+        self.graph = graph
+        self.graph_cutoff = graph_cutoff if graph_cutoff is not None else cutoff
+        self.cutoff = cutoff
+        self.register_buffer("element_energy", torch.zeros(max_z + 1, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+
+    def edges(self, batch):
+        if P.edges in batch:
+            return batch[P.edges]
+        if self.graph == "radius":
+            return radius_graph(batch[P.R], batch[P.idx_m], self.graph_cutoff)
+        return full_graph(batch[P.idx_m])
+
+    def features(self, Z, R, edges, force_input=None):
+        s, v = self.representation(Z, R, edges)
+        if force_input is not None:
+            s, v = self.force_input(s, v, force_input.to(R.dtype) / self.scale.to(R.dtype))
+        i, j = edges[0], edges[1]
+        r_ij = R[j] - R[i]
+        d_ij = torch.linalg.vector_norm(r_ij, dim=-1)
+        W = self.filter_net(self.radial(d_ij)) * cosine_cutoff(d_ij, self.cutoff)[:, None]
+        s, v = self.interaction(s, v, W, r_ij / d_ij.clamp_min(1e-9)[:, None], i, j)
+        return self.mixing(s, v)
+
+    def forward(self, batch: dict, forces: bool = True, create_graph: bool = False,
+                force_input: torch.Tensor | None = None) -> dict:
+        """``{P.energy: [n_mol] eV, P.forces: [n_atoms, 3] eV/Å, P.noise_pred: [n_atoms, 3]}``
+        (forces if ``forces``; the noise prediction if the model has a DeNS head and a
+        ``force_input`` is given)."""
+        dtype = next(self.parameters()).dtype
+        R = batch[P.R].to(dtype)
+        if forces and not R.requires_grad:
+            R = R.detach().requires_grad_(True)
+        Z, idx_m = batch[P.Z], batch[P.idx_m]
+        s, v = self.features(Z, R, self.edges({**batch, P.R: R}), force_input)
+        e_atom = self.energy_head(s)[:, 0] * self.scale.to(dtype) + self.element_energy[Z].to(dtype)
+        n_mol = len(batch[P.n_atoms])
+        energy = torch.zeros(n_mol, dtype=dtype, device=R.device).index_add(0, idx_m, e_atom)
+        out = {P.energy: energy}
+        if forces:
+            (g,) = torch.autograd.grad(energy.sum(), R, create_graph=create_graph)
+            out[P.forces] = -g
+        if self.noise_head is not None and force_input is not None:
+            out[P.noise_pred] = self.noise_head(s, v)
+        return out
+
+
+def fit_element_energies(numbers, offsets, energies, max_z: int = 100) -> np.ndarray:
+    """Per-element energies (eV) from least squares ``E_k ≈ sum_i e[Z_i]`` over the training set."""
+    numbers, offsets = np.asarray(numbers), np.asarray(offsets)
+    elements = np.unique(numbers)
+    counts = np.zeros((len(offsets) - 1, len(elements)))
+    col = np.searchsorted(elements, numbers)
+    mol = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    np.add.at(counts, (mol, col), 1.0)
+    coef, *_ = np.linalg.lstsq(counts, np.asarray(energies, np.float64), rcond=None)
+    table = np.zeros(max_z + 1)
+    table[elements] = coef
+    return table
+
+
+def build_forcefield(model_args: dict) -> ForceField:
+    """Rebuild a force field from the plain-data arguments stored in a model file."""
+    return ForceField(**model_args)
+
+
+def load_forcefield(path_or_dict, device="cpu") -> ForceField:
+    """A force field from a model file written by ``morered train --model forcefield`` (EMA weights)."""
+    d = path_or_dict if isinstance(path_or_dict, dict) else torch.load(path_or_dict, map_location="cpu",
+                                                                       weights_only=True)
+    if d.get("model_type") != "forcefield":
+        raise ValueError(f"not a force-field model file (model_type {d.get('model_type')!r})")
+    m = build_forcefield(d["model_args"])
+    m.load_state_dict(d["state_dict"])
+    return m.to(device).eval()
