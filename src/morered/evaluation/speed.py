@@ -93,7 +93,7 @@ def profile_relaxation(model, inputs, n: int = 32, rows: int = 25) -> str:
 def run_speed_benchmark(n: int = 100, seed: int = 0, out="runs/benchmark_speed", kinds=DEFAULT_KINDS,
                         kernels=("dense", "edges"), threads=(1, 2), batch_sizes=(128,), rules=("default", "legacy"),
                         baselines=("mmff", "xtb"), model=None, max_steps: int = 1000, fmax: float = 0.005,
-                        profile: bool = True, progress: bool = True) -> dict:
+                        repeats: int = 2, profile: bool = True, progress: bool = True) -> dict:
     """Run the speed comparison; write ``summary.md``, ``results.json`` and ``profile.txt`` to ``out``."""
     import torch
 
@@ -122,23 +122,31 @@ def run_speed_benchmark(n: int = 100, seed: int = 0, out="runs/benchmark_speed",
             kind_refs = Structures(refs.ids[ok], [refs.numbers[k] for k in ok], [refs.positions[k] for k in ok])
         else:
             kind_refs = refs
-        runs = []
-        for method in baselines:
-            usable, why = available(method)
-            if not usable:
-                log(f"  {method}: skipped ({why})")
-                continue
-            r = _run_baseline(method, inputs, kind_refs, max_steps, fmax)
-            r.update(method={"mmff": "MMFF94 (RDKit)", "xtb": "GFN2-xTB + L-BFGS"}.get(method, method),
-                     setting=f"{omp_threads() if method == 'xtb' else 1} thread(s)", load=_load()[0])
-            runs.append(r)
-            log(f"  {r['method']:<24} {len(inputs) / r['wall']:8.2f} structures/s")
-        for kernel, nt, bs, rule in itertools.product(kernels, threads, batch_sizes, rules):
-            r = _run_jt(lm, inputs, kernel, nt, bs, rule, max_steps)
-            r.update(method="MoreRed-JT", setting=f"{kernel} kernel, {nt} thread(s), batch {bs}, {rule} rule",
-                     kernel=kernel, threads=nt, batch_size=bs, rule=rule, load=_load()[0])
-            runs.append(r)
-            log(f"  {r['method']} {r['setting']:<44} {len(inputs) / r['wall']:8.2f} structures/s")
+        # every setting runs `repeats` times, round-robin, and keeps its fastest run: the machine's
+        # load changes over minutes, and interleaving keeps it from favouring whichever ran first
+        settings = [("baseline", m) for m in baselines if available(m)[0]]
+        for m in baselines:
+            if not available(m)[0]:
+                log(f"  {m}: skipped ({available(m)[1]})")
+        settings += [("jt", s) for s in itertools.product(kernels, threads, batch_sizes, rules)]
+        best: dict = {}
+        for rep in range(max(1, int(repeats))):
+            for what, s in settings:
+                if what == "baseline":
+                    r = _run_baseline(s, inputs, kind_refs, max_steps, fmax)
+                    r.update(method={"mmff": "MMFF94 (RDKit)", "xtb": "GFN2-xTB + L-BFGS"}.get(s, s),
+                             setting=f"{omp_threads() if s == 'xtb' else 1} thread(s)")
+                else:
+                    kernel, nt, bs, rule = s
+                    r = _run_jt(lm, inputs, kernel, nt, bs, rule, max_steps)
+                    r.update(method="MoreRed-JT", setting=f"{kernel} kernel, {nt} thread(s), batch {bs}, {rule} rule",
+                             kernel=kernel, threads=nt, batch_size=bs, rule=rule)
+                r["load"] = _load()[0]
+                log(f"  [{rep + 1}] {r['method']} {r['setting']:<44} {len(inputs) / r['wall']:8.2f} structures/s")
+                key = (what, s)
+                if key not in best or r["wall"] < best[key]["wall"]:
+                    best[key] = r
+        runs = [best[(what, s)] for what, s in settings]
         rate = {r["method"]: len(inputs) / r["wall"] for r in runs if r["method"] != "MoreRed-JT"}
         for r in runs:
             acc = _accuracy(inputs, kind_refs, r.pop("positions"))
@@ -155,7 +163,7 @@ def run_speed_benchmark(n: int = 100, seed: int = 0, out="runs/benchmark_speed",
         inputs = make_inputs(kinds[0], refs, seed=seed)
         (out / "profile.txt").write_text(profile_relaxation(lm, inputs))
         files["profile.txt"] = str(out / "profile.txt")
-    meta = {"n": n, "seed": seed, "cores": os.cpu_count(), "load_at_start": start_load[0], "load_at_end": _load()[0],
+    meta = {"n": n, "seed": seed, "cores": os.cpu_count(), "repeats": repeats, "load_at_start": start_load[0], "load_at_end": _load()[0],
             "omp_threads_xtb": omp_threads(), "max_steps": max_steps, "fmax": fmax, "rules": RULES,
             "model": str(model or "shipped jt"), "torch": torch.__version__}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -174,7 +182,8 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
              f"{meta['cores']} cores; 1-minute load average {meta['load_at_start']} at the start, "
              f"{meta['load_at_end']} at the end (other work was running: compare rows within one run). "
              f"GFN2-xTB ran with {meta['omp_threads_xtb']} OpenMP thread(s), fmax {meta['fmax']} eV/Å; every method "
-             f"at most {meta['max_steps']} steps. Rules: `default` = the shipped defaults, `legacy` = "
+             f"at most {meta['max_steps']} steps. Each setting ran {meta.get('repeats', 1)} times, round-robin with the "
+             f"others; the table keeps its fastest run. Rules: `default` = the shipped defaults, `legacy` = "
              f"{meta['rules']['legacy']}.", ""]
     for kind in dict.fromkeys(r["kind"] for r in rows):
         g = [r for r in rows if r["kind"] == kind]
@@ -207,6 +216,8 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--baselines", type=csv(), default=("mmff", "xtb"), help="mmff, xtb")
     p.add_argument("--model", help="JT model (default: the shipped one)")
     p.add_argument("--max-steps", type=positive_int, default=1000)
+    p.add_argument("--repeats", type=positive_int, default=2, help="runs of every setting, round-robin; the "
+                   "fastest is kept (default 2)")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of one relaxation")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cli_run)
@@ -225,6 +236,6 @@ def _cli_run(args) -> int:
     res = run_speed_benchmark(n=args.n, seed=args.seed, out=args.out, kinds=args.kinds, kernels=args.kernels,
                               threads=args.threads, batch_sizes=args.batch_sizes, rules=args.rules,
                               baselines=args.baselines, model=args.model, max_steps=args.max_steps,
-                              profile=not args.no_profile, progress=not args.quiet)
+                              repeats=args.repeats, profile=not args.no_profile, progress=not args.quiet)
     print(Path(res["files"]["summary.md"]).read_text())
     return 0
