@@ -452,3 +452,24 @@ def test_killed_training_keeps_its_steps_and_time(tmp_path, test_molecules, sig)
     second = json.loads((out / "summary.json").read_text())
     assert second["global_step"] == steps + 2 and second["runs"] == 2
     assert second["wall_seconds_total"] > second["wall_seconds_this_run"] + 1.0
+
+
+@pytest.mark.parametrize("option", [["--jump", "2"], ["--jump", "-0.1"], ["--tail-t", "-5"], ["--tail-steps", "-1"]])
+def test_bad_relaxation_rule_options_exit_2_before_work(tmp_path, inp, tiny_model_path, capsys, option):
+    out = tmp_path / "o.xyz"
+    assert _relax(inp, "-o", out, "--model", tiny_model_path, *option) == 2
+    err = capsys.readouterr().err
+    assert "error: " + option[0] in err and "Traceback" not in err and not out.exists()
+
+
+def test_generate_checks_its_output_before_generating(tmp_path, capsys):
+    out = tmp_path / "missing" / "g.xyz"
+    assert main(["generate", "--composition", "C2H6", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: -o" in err and "generate (" not in err  # refused before the progress bar started
+
+
+def test_forcefield_without_labels_is_an_option_error(tmp_path, capsys):
+    assert main(["train", "--model", "forcefield", "--out", str(tmp_path / "ff"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "forcefield.labels" in err and "internal error" not in err

@@ -65,10 +65,18 @@ def run(args) -> int:
     from morered.io import check_output_format
     from morered.sampling.api import resolve_model
 
+    from morered.cli.common import check_output_dir, check_output_file
+    from morered.io import errors_path
+
     try:  # everything that can be refused is refused before any work is done
         check_output_format(args.output)
     except ValueError as e:
         raise OptionError(f"-o {args.output}: {e}") from e
+    inputs = [args.from_file] if getattr(args, "from_file", None) else []
+    check_output_file(args.output, "-o", inputs)
+    check_output_file(errors_path(args.output), "-o (its errors file)", inputs)
+    if getattr(args, "trajectory", None):
+        check_output_dir(args.trajectory, "--trajectory")
     if args.max_steps < 1 or args.batch_size < 1:
         raise OptionError("--max-steps and --batch-size must be at least 1")
     try:

@@ -99,7 +99,8 @@ def run(args) -> int:
         raise OptionError("--variant ddpm needs --t-start (the diffusion step the inputs are at)")
     check_relax_options(variant=args.variant, max_steps=args.max_steps, t_conv=t_conv, patience=args.patience,
                         t_eq=args.t_eq, t_start=args.t_start, final_step=args.final_step,
-                        batch_size=args.batch_size or 1, max_atoms=args.max_atoms)
+                        batch_size=args.batch_size or 1, max_atoms=args.max_atoms, tail_t=args.tail_t,
+                        tail_steps=args.tail_steps, jump=args.jump)
     shard = st.parse_shard(args.shard) if args.shard else (0, 1)
     devices = _devices(args)
     if devices > 1 and args.shard:

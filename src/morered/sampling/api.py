@@ -90,7 +90,8 @@ def check_device(device) -> str:
 def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: int = DEFAULT_T_CONV,
                         patience: int = DEFAULT_PATIENCE, t_eq: int = DEFAULT_T_EQ, t_start: int | None = None,
                         final_step: str | None = None, batch_size: int = 128, T: int | None = None,
-                        max_atoms: int | None = None) -> None:
+                        max_atoms: int | None = None, tail_t: int | None = None, tail_steps: int | None = None,
+                        jump: float | None = None) -> None:
     """:class:`OptionError` naming the first option out of range (before any work)."""
     if variant not in VARIANTS:
         raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -99,6 +100,11 @@ def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: i
     for name, value, lo in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {lo}, not {value!r}")
+    for name, value in (("tail_t", tail_t), ("tail_steps", tail_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise OptionError(f"--{name.replace('_', '-')} must be an integer >= 0, not {value!r}")
+    if jump is not None and not (isinstance(jump, (int, float)) and 0.0 <= float(jump) < 1.0):
+        raise OptionError(f"--jump must be in [0, 1), not {jump!r}")
     if max_atoms is not None and (not isinstance(max_atoms, (int, np.integer)) or max_atoms < 2):
         raise OptionError(f"--max-atoms must be an integer >= 2, not {max_atoms!r}")
     if T is not None and t_conv > T:
@@ -239,7 +245,8 @@ def relax(
 
     single = not isinstance(structures, (list, tuple))
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
-                        t_start=t_start, final_step=final_step, batch_size=batch_size, max_atoms=max_atoms)
+                        t_start=t_start, final_step=final_step, batch_size=batch_size, max_atoms=max_atoms,
+                        tail_t=tail_t, tail_steps=tail_steps, jump=jump)
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
     lm = resolve_model(model, variant, device, time_model)
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from morered import properties as P
+from morered.errors import InputError, OptionError
 from morered.forcefield.dens import forcefield_losses
 from morered.forcefield.labels import LabelDataset, Labels
 from morered.forcefield.model import build_forcefield, fit_element_energies
@@ -28,8 +29,8 @@ def load_label_data(cfg: dict) -> tuple[Labels, Labels, dict]:
     """(train, val, dataset_info) from the label file ``forcefield.labels`` (``morered label``)."""
     f, d = cfg["forcefield"], cfg["data"]
     if not f["labels"]:
-        raise ValueError("forcefield.labels is not set: make labels with `morered label` and pass the file it "
-                         "prints with --set forcefield.labels=PATH")
+        raise OptionError("forcefield.labels is not set: make labels with `morered label` and pass the file it "
+                          "prints with --set forcefield.labels=PATH")
     labels = Labels.load(f["labels"])
     train, val = labels.subset(labels.where("train")), labels.subset(labels.where("val"))
     if d["limit_train"]:
@@ -37,7 +38,7 @@ def load_label_data(cfg: dict) -> tuple[Labels, Labels, dict]:
     if d["limit_val"]:
         val = val.subset(np.arange(min(int(d["limit_val"]), len(val))))
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"need training and validation labels (got {len(train)}, {len(val)})")
+        raise InputError(f"need training and validation labels (got {len(train)}, {len(val)})")
     info = {"name": f"labels:{labels.settings.get('method', 'GFN2-xTB')}", "labels": str(f["labels"]),
             "label_settings": labels.settings, "elements": sorted(int(z) for z in np.unique(train.numbers)),
             "max_atoms": int(train.n_atoms().max()), "n_train": len(train), "n_val": len(val)}
