@@ -23,11 +23,14 @@ def _outputs_and_grads(model, batch, t):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("max_dense_atoms", [64, 9])  # 9: some molecules take the edge list
-def test_dense_equals_edges_outputs_and_gradients(test_molecules, max_dense_atoms):
+@pytest.mark.parametrize("max_dense_atoms, ratio", [(64, 1.0), (9, 1.0), (64, 2.0), (9, 3.0)])
+def test_dense_equals_edges_outputs_and_gradients(test_molecules, max_dense_atoms, ratio):
+    """9: some molecules take the edge list; ratio > 1: molecules of different sizes share a
+    padded bucket (the padding must neither send nor receive anything)."""
     torch.manual_seed(0)
     model = DiffusionModel({"n_features": 16, "n_interactions": 3, "n_rbf": 8}).double()
     model.representation.max_dense_atoms = max_dense_atoms
+    model.representation.bucket_ratio = ratio
     batch = _batch(test_molecules)
     sizes = batch[P.n_atoms].tolist()
     assert len(set(sizes)) > 1 and any(n > 9 for n in sizes) and any(n <= 9 for n in sizes)
@@ -93,3 +96,5 @@ def test_size_buckets_partition_and_cap():
     assert all(sizes[m] == n for n, mols in b for m in mols)
     assert all(len(mols) * n * n <= 50 or len(mols) == 1 for n, mols in b)
     assert [n for n, _ in b] == sorted(n for n, _ in b)
+    padded = size_buckets(sizes, ratio=2.0)  # 3..5 share one bucket padded to 5, 9 its own
+    assert padded == [(5, [1, 4, 0, 2, 5]), (9, [3])]
