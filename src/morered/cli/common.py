@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
+from morered.interrupt import Interruptible  # noqa: F401 (re-exported: commands import it from here)
 from morered.errors import (EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED,  # noqa: F401 (re-exported)
                             InputError, OptionError, OutputError)
 
@@ -172,33 +172,3 @@ def int_or_str(v):
 
 
 # ------------------------------------------------------------------------------ interruptions
-class Interruptible:
-    """``with Interruptible() as stop:`` -- the first Ctrl-C (SIGINT) or SIGTERM sets
-    ``stop.requested`` (finish the work in flight, write what is done, exit 130); a second Ctrl-C
-    raises KeyboardInterrupt at once. Only in the main thread; elsewhere a no-op."""
-
-    def __init__(self, what: str = "the work in flight"):
-        self.what = what
-        self.requested = False
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: finishing {self.what}, then writing what is done "
-              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False

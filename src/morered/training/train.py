@@ -7,8 +7,6 @@ import csv
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from morered.data.molecules import MoleculeDataset, Molecules
 from morered.errors import InputError, Interrupted, ModelError, OptionError, OutputError
+from morered.interrupt import Interruptible
 from morered.training.config import parse_duration
 from morered.training.task import DiffusionTask, init_from_model, save_model
 
@@ -188,35 +187,20 @@ class TimedCheckpoint(Callback):
             self.last = time.monotonic()
 
 
-class StopRequest:
+class StopRequest(Interruptible):
     """First SIGINT/SIGTERM: ask the trainer to stop after the current step (then the
     checkpoint, model and summary are written and the run exits 130); a second Ctrl-C stops at
     once (Lightning saves ``last.ckpt`` on the exception)."""
 
     def __init__(self):
-        self.requested = False
+        super().__init__("this step")
         self.trainer: pl.Trainer | None = None
-        self._old = {}
 
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
+    def on_request(self, name: str) -> None:
         log.warning("%s: stopping after this step; checkpoint, model and summary will be written "
-                    "(Ctrl-C again to stop at once)", signal.Signals(signum).name)
+                    "(Ctrl-C again to stop at once)", name)
         if self.trainer is not None:
             self.trainer.should_stop = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
 
 
 class _StopCallback(Callback):
