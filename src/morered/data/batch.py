@@ -69,6 +69,16 @@ def radius_graph(positions: torch.Tensor, idx_m: torch.Tensor, cutoff: float) ->
     return e[:, d < cutoff]
 
 
+def batch_edges(batch: dict, graph: str, cutoff: float) -> torch.Tensor:
+    """The batch's own ``P.edges`` if present, else all pairs (``graph="full"``) or the pairs closer
+    than ``cutoff`` (``graph="radius"``) inside each molecule."""
+    if P.edges in batch:
+        return batch[P.edges]
+    if graph == "radius":
+        return radius_graph(batch[P.R], batch[P.idx_m], cutoff)
+    return full_graph(batch[P.idx_m])
+
+
 def collate(
     positions: Sequence[np.ndarray], numbers: Sequence[np.ndarray], ids: Sequence[int] | None = None
 ) -> dict[str, torch.Tensor]:

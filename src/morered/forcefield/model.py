@@ -28,7 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from morered import properties as P
-from morered.data.batch import full_graph, radius_graph
+from morered.data.batch import batch_edges
 from morered.nn.blocks import RADIAL, Dense, cosine_cutoff, mlp
 from morered.nn.heads import GatedEquivariantBlock
 from morered.nn.painn import PaiNN, PaiNNInteraction, PaiNNMixing
@@ -107,11 +107,7 @@ class ForceField(nn.Module):
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
 
     def edges(self, batch):
-        if P.edges in batch:
-            return batch[P.edges]
-        if self.graph == "radius":
-            return radius_graph(batch[P.R], batch[P.idx_m], self.graph_cutoff)
-        return full_graph(batch[P.idx_m])
+        return batch_edges(batch, self.graph, self.graph_cutoff)
 
     def features(self, Z, R, edges, force_input=None):
         s, v = self.representation(Z, R, edges)

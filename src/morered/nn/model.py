@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from morered import properties as P
-from morered.data.batch import full_graph, radius_graph
+from morered.data.batch import batch_edges
 from morered.nn.heads import NoiseHead, TimeHead
 from morered.nn.painn import PaiNN
 from morered.nn.so3net import SO3Net
@@ -100,11 +100,7 @@ class DiffusionModel(nn.Module):
         return self.representation(batch[P.Z], R, self.edges(batch))
 
     def edges(self, batch):
-        if P.edges in batch:
-            return batch[P.edges]
-        if self.graph == "radius":
-            return radius_graph(batch[P.R], batch[P.idx_m], self.graph_cutoff)
-        return full_graph(batch[P.idx_m])
+        return batch_edges(batch, self.graph, self.graph_cutoff)
 
     def predict_time(self, batch: dict) -> torch.Tensor:
         """Predicted t/T per molecule ``[n_mol]`` (time head only, no noise head)."""
