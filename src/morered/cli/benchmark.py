@@ -8,7 +8,8 @@ KERNELS = ("dense", "edges", "auto")
 
 
 def add_parser(sub):
-    p = sub.add_parser("benchmark", aliases=["bench"], help="benchmarks: training speed, relaxation quality")
+    p = sub.add_parser("benchmark", aliases=["bench"], help="benchmarks: training speed, relaxation quality and "
+                       "speed, generation")
     bsub = p.add_subparsers(dest="benchmark", required=True)
     t = bsub.add_parser("train", help="training and inference molecules/s on QM9 batches")
     t.add_argument("--config", help="YAML config (default: the packaged defaults, 128 features)")

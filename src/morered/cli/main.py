@@ -27,7 +27,8 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="morered", description="Molecular relaxation by reverse diffusion "
-                    "(MoreRed): train, relax, score, benchmark.", epilog=EXIT_CODES_HELP)
+                    "(MoreRed): train, relax, score, generate, evaluate, benchmark, merge, label.",
+                    epilog=EXIT_CODES_HELP)
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
