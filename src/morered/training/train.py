@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -224,7 +225,9 @@ def build_trainer(cfg: dict, out: Path, extra_callbacks=()) -> pl.Trainer:
                         save_top_k=1, enable_version_counter=False),
         OnExceptionCheckpoint(dirpath=ckpt_dir, filename="last"),
         EarlyStopping(monitor="val_loss", patience=int(cfg["optim"]["early_stopping_patience"]), mode="min"),
-        TQDMProgressBar(refresh_rate=10),
+        # on a terminal every 10 steps; in a log file (nohup, CI, cluster jobs) every 500, so that
+        # the bar does not flood it
+        TQDMProgressBar(refresh_rate=10 if sys.stderr.isatty() else 500),
     ]
     max_time = parse_duration(tr["max_time"])
     if max_time:
