@@ -129,13 +129,8 @@ def _plots(out: Path, curves: dict, sweeps: dict, summary: dict) -> None:
     for v, ts in curves.items():
         for j, t in enumerate(ts):
             ax.plot(t, styles.get(v, "-"), lw=1, color=f"C{j}", label=LABELS.get(v, v) if j == 0 else None)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("step used (predicted for JT/AS)")
-    ax.set_title("Step over iterations (cf. paper Fig. 12 left)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "steps_over_iterations.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, "iteration", "step used (predicted for JT/AS)", "Step over iterations (cf. paper Fig. 12 left)",
+          out / "steps_over_iterations.png", legend_size=8)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for j, (v, s) in enumerate(sweeps.items()):
@@ -144,12 +139,20 @@ def _plots(out: Path, curves: dict, sweeps: dict, summary: dict) -> None:
         ax.plot(xs, [100 * s[x]["valid_unique"] for x in xs], "s--", color=f"C{j}", label=f"{LABELS.get(v, v)}: valid+unique")
     if "ddpm" in summary:
         ax.axhline(100 * summary["ddpm"]["validity"], color="k", ls=":", label="DDPM, 1000 fixed steps: valid")
-    ax.set_xlabel("maximum number of steps")
-    ax.set_ylabel("%")
-    ax.set_title("Validity against max steps (cf. paper Fig. 12 right)")
-    ax.legend(fontsize=7)
+    _save(fig, ax, "maximum number of steps", "%", "Validity against max steps (cf. paper Fig. 12 right)",
+          out / "validity_vs_max_steps.png", legend_size=7)
+
+
+def _save(fig, ax, xlabel, ylabel, title, path, legend_size=8) -> None:
+    """Label, lay out, write and close one figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(out / "validity_vs_max_steps.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
