@@ -399,3 +399,35 @@ def test_init_from_copies_weights_and_refuses_other_networks(tiny_model_path):
     other = DiffusionTask(tiny_config("jt", **{"model.representation": {"n_features": 8, "n_interactions": 2, "n_rbf": 8}}))
     with pytest.raises(ValueError, match="differs"):
         init_from_model(other, tiny_model_path)
+
+
+def test_init_from_jt_gives_a_ddpm_or_time_network_its_matching_parts(tiny_model_path, tmp_path):
+    """The AS/ITP pair can start from a JT model: representation + the head each network has."""
+    from morered.training.task import DiffusionTask, init_from_model, save_model
+
+    saved = torch.load(tiny_model_path, weights_only=True)["state_dict"]
+    for model_type, head in (("ddpm", "noise_head"), ("time", "time_head")):
+        torch.manual_seed(7)
+        task = DiffusionTask(tiny_config(model_type))
+        info = init_from_model(task, tiny_model_path)
+        assert info["fresh"] == []
+        state = task.model.state_dict()
+        assert set(state) < set(saved)  # the other head is left out, nothing else
+        assert any(k.startswith(head) for k in state)
+        for k, v in state.items():
+            assert torch.equal(v, saved[k]) and torch.equal(task.ema.state_dict()[k], v), k
+    # the other way round: a JT network from a noise-only file keeps a fresh time head
+    torch.manual_seed(8)
+    ddpm = DiffusionTask(tiny_config("ddpm"), {"elements": [1, 6, 7, 8, 9], "max_atoms": 29})
+    path = tmp_path / "ddpm.pt"
+    save_model(ddpm, path)
+    torch.manual_seed(9)
+    jt = DiffusionTask(tiny_config("jt"))
+    before = {k: v.clone() for k, v in jt.model.state_dict().items() if k.startswith("time_head")}
+    info = init_from_model(jt, path)
+    assert info["fresh"] == ["time_head"]
+    for k, v in before.items():
+        assert torch.equal(jt.model.state_dict()[k], v)
+    exported = torch.load(path, weights_only=True)["state_dict"]
+    noise = [k for k in exported if k.startswith("noise_head")]
+    assert noise and all(torch.equal(jt.model.state_dict()[k], exported[k]) for k in noise)

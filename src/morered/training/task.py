@@ -83,22 +83,34 @@ class DiffusionTask(TrainingTask):
         return MAX_CONSECUTIVE_SKIPS  # this module's name (re-exported from base) stays the knob
 
 
+#: model arguments that only say which heads a network has: a warm start may differ in them
+HEAD_FLAGS = ("noise_head", "time_head")
+
+
 def init_from_model(task: DiffusionTask, path) -> dict:
     """Warm start: copy the (EMA) weights of a model file into ``task.model`` and ``task.ema``.
 
     The optimizer, the learning-rate schedule and the step count start afresh, so a model can be
-    improved stage after stage on any machine from its shipped weights alone.  The architecture
-    (model arguments) must match the config's.  Returns the file's contents (without weights).
+    improved stage after stage on any machine from its shipped weights alone.  The representation
+    (every model argument except which heads there are) must match the config's.  The heads may
+    differ: a noise-only (DDPM) or time-only network can start from a JT model's representation
+    and its matching head; a head the file lacks starts from its fresh initialisation (listed
+    under ``"fresh"`` in the returned dict).  Returns the file's contents (without weights).
     """
     d = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(d, dict) or "state_dict" not in d or "model_args" not in d:
         raise ValueError(f"{path}: not a morered model file (no model_args / state_dict)")
-    if d["model_args"] != task.model_args:
+    mine = {k: v for k, v in task.model_args.items() if k not in HEAD_FLAGS}
+    theirs = {k: v for k, v in d["model_args"].items() if k not in HEAD_FLAGS}
+    if mine != theirs:
         raise ValueError(f"{path}: its network {d['model_args']} differs from the config's {task.model_args}; "
                          "set model.* to match it")
-    task.model.load_state_dict(d["state_dict"])
-    task.ema.load_state_dict(d["state_dict"])
-    return {k: v for k, v in d.items() if k != "state_dict"}
+    target = task.model.state_dict()
+    weights = {k: v for k, v in d["state_dict"].items() if k in target}
+    fresh = sorted({k.split(".")[0] for k in target if k not in weights})
+    task.model.load_state_dict(weights, strict=False)
+    task.ema.load_state_dict(weights, strict=False)
+    return {**{k: v for k, v in d.items() if k != "state_dict"}, "fresh": fresh}
 
 
 def export_dict(task: DiffusionTask, val_loss: float | None = None) -> dict:
