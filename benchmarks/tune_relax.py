@@ -31,6 +31,23 @@ def parse_rule(text: str) -> tuple[str, dict]:
     return name, kw
 
 
+def ani_energies(numbers_positions) -> np.ndarray:
+    """ANI-1x single-point energies (kcal/mol) of (numbers, positions) pairs; NaN where it fails."""
+    from ase import Atoms
+
+    from morered.evaluation.energies import EV_TO_KCAL
+    from morered.evaluation.peers import _calculator
+
+    calc = _calculator("ani1x")
+    out = []
+    for z, x in numbers_positions:
+        try:
+            out.append(Atoms(numbers=z, positions=x, calculator=calc).get_potential_energy() * EV_TO_KCAL)
+        except Exception:
+            out.append(np.nan)
+    return np.array(out)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=100)
@@ -39,9 +56,12 @@ def main():
     p.add_argument("--kinds", default="diffused_50,diffused_100,diffused_150,xtb_min")
     p.add_argument("--rule", action="append", default=[], help="NAME:key=value,... (relax() keywords)")
     p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--temperature", type=float, default=300.0, help="normal_mode inputs' temperature (K)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the table")
+    p.add_argument("--ani", action="store_true", help="also ANI-1x ΔE (relaxed - reference, kcal/mol): median, "
+                   "%% within 1 kcal/mol, 90th percentile (needs the peers extra)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rules = [parse_rule(r) for r in args.rule] or [("default", {})]
@@ -52,13 +72,18 @@ def main():
     model = resolve_model(args.model, args.variant)
     table = []
     for kind in args.kinds.split(","):
-        inp = make_inputs(kind, refs, seed=0)
+        inp = make_inputs(kind, refs, seed=0, temperature=args.temperature)
         ok = [k for k in range(len(refs)) if inp.positions[k] is not None]
         atoms = [inp.atoms(k) for k in ok]
         r_in = np.array([kabsch_rmsd(inp.positions[k], refs.positions[k]) for k in ok])
         print(f"\n{kind}: {len(ok)} validation molecules, input RMSD median {np.median(r_in):.3f} Å "
               f"({args.threads} thread(s), batch {args.batch_size})")
-        print(f"{'rule':<28} {'median RMSD':>11} {'fail %':>7} {'steps':>6} {'evals':>6} {'struct/s':>9}  stops")
+        if args.ani:
+            e_ref = ani_energies([(refs.numbers[k], refs.positions[k]) for k in ok])
+            de_in = ani_energies([(refs.numbers[k], inp.positions[k]) for k in ok]) - e_ref
+            print(f"input ANI-1x ΔE median {np.nanmedian(de_in):.2f} kcal/mol")
+        print(f"{'rule':<28} {'median RMSD':>11} {'fail %':>7} {'steps':>6} {'evals':>6} {'struct/s':>9}"
+              + ("   dE med  <1kcal%    p90" if args.ani else "") + "  stops")
         for name, kw in rules:
             t0 = time.perf_counter()
             res = relax(atoms, model, args.variant, max_steps=args.max_steps, batch_size=args.batch_size, **kw)
@@ -70,10 +95,17 @@ def main():
                    "mean_evals": float(np.mean([len(r.trajectory_t or []) for r in res])),
                    "structures_per_s": len(ok) / wall, "stops": dict(Counter(r.stop for r in res)),
                    "input_median_rmsd": float(np.median(r_in)), "threads": args.threads}
+            extra = ""
+            if args.ani:
+                de = ani_energies([(refs.numbers[k], r.positions if r.positions is not None else inp.positions[k])
+                                   for k, r in zip(ok, res)]) - e_ref
+                row.update(ani_de_median=float(np.nanmedian(de)), ani_within_1=float(100 * np.mean(de <= 1.0)),
+                           ani_de_p90=float(np.nanpercentile(de, 90)))
+                extra = f" {row['ani_de_median']:8.2f} {row['ani_within_1']:7.1f} {row['ani_de_p90']:6.2f}"
             table.append(row)
             stops = " ".join(f"{k}:{v}" for k, v in sorted(row["stops"].items()))
             print(f"{name:<28} {row['median_rmsd']:11.4f} {row['failure_pct']:7.1f} {row['mean_steps']:6.1f} "
-                  f"{row['mean_evals']:6.1f} {row['structures_per_s']:9.2f}  {stops}", flush=True)
+                  f"{row['mean_evals']:6.1f} {row['structures_per_s']:9.2f}{extra}  {stops}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(table, f, indent=1)

@@ -543,6 +543,26 @@ def test_tail_continues_on_the_fixed_schedule_after_the_adaptive_phase(test_mole
     assert model.calls[n[0]] == 4 and model.calls[n[1]] == 6
 
 
+def test_eq_tail_gives_inputs_at_equilibrium_their_own_short_tail(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    n = [len(z) for z, _ in mols]
+    model = StubModel({n[0]: [8], n[1]: [40, 0]})
+    res = _run("jt", model, mols, t_conv=0, patience=3, t_eq=10, tail_t=10, tail_steps=5, eq_tail_t=6,
+               max_steps=100)
+    # at equilibrium (8 <= t_eq): no move at the first prediction, then the tail from 6 in jumps of 2
+    assert res[0].trajectory_t == [8, 6, 4, 2] and res[0].steps == 3
+    assert res[0].stop == "at_equilibrium" and res[0].converged
+    # a molecule that relaxed adaptively still takes the long tail from tail_t
+    assert res[1].trajectory_t == [40, 0, 10, 8, 6, 4, 2]
+    # the eq tail is applied without the long tail too (tail_t = 0: stride 1)
+    res = _run("jt", StubModel({n[0]: [8], n[1]: [40, 0]}), mols, t_conv=0, t_eq=10, eq_tail_t=3, max_steps=100)
+    assert res[0].trajectory_t == [8, 3, 2, 1] and res[1].trajectory_t == [40, 0]
+    # and the structure moved beyond the single mean step it takes without the eq tail
+    one = _run("jt", StubModel({n[0]: [8], n[1]: [40, 0]}), mols, t_conv=0, t_eq=10, max_steps=100)
+    assert one[0].trajectory_t == [8] and one[0].steps == 1
+    assert np.abs(res[0].positions - one[0].positions).max() > 1e-6
+
+
 def test_max_steps_is_said_as_such(test_molecules):
     mols = _distinct_sizes(test_molecules)[:1]
     res = _run("jt", StubModel({len(mols[0][0]): [500 - k for k in range(100)]}), mols, patience=0, max_steps=7)

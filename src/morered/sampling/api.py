@@ -91,7 +91,7 @@ def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: i
                         patience: int = DEFAULT_PATIENCE, t_eq: int = DEFAULT_T_EQ, t_start: int | None = None,
                         final_step: str | None = None, batch_size: int = 128, T: int | None = None,
                         max_atoms: int | None = None, tail_t: int | None = None, tail_steps: int | None = None,
-                        jump: float | None = None) -> None:
+                        jump: float | None = None, eq_tail_t: int | None = None) -> None:
     """:class:`OptionError` naming the first option out of range (before any work)."""
     if variant not in VARIANTS:
         raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -100,7 +100,7 @@ def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: i
     for name, value, lo in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {lo}, not {value!r}")
-    for name, value in (("tail_t", tail_t), ("tail_steps", tail_steps)):
+    for name, value in (("tail_t", tail_t), ("tail_steps", tail_steps), ("eq_tail_t", eq_tail_t)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
             raise OptionError(f"--{name.replace('_', '-')} must be an integer >= 0, not {value!r}")
     if jump is not None and not (isinstance(jump, (int, float)) and 0.0 <= float(jump) < 1.0):
@@ -202,6 +202,7 @@ def relax(
     tail_t: int | None = None,
     tail_steps: int | None = None,
     jump: float | None = None,
+    eq_tail_t: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
@@ -227,7 +228,8 @@ def relax(
         stochastic: add the posterior noise at every step (off: deterministic mean steps).
         final_step: AS/JT, on convergence: ``mean`` (one last reverse step) or ``x0`` (jump to the
             clean structure implied by the last noise prediction); default: SamplerOptions'.
-        tail_t, tail_steps, jump: AS/JT end-of-relaxation tail and adaptive DDIM jumps (see
+        tail_t, tail_steps, jump, eq_tail_t: AS/JT end-of-relaxation tail, adaptive DDIM jumps and
+            the tail of inputs already at equilibrium (see
             :class:`~morered.sampling.samplers.SamplerOptions`; default: its defaults).
         batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
         trajectory: also return positions after every step.
@@ -246,7 +248,7 @@ def relax(
     single = not isinstance(structures, (list, tuple))
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
                         t_start=t_start, final_step=final_step, batch_size=batch_size, max_atoms=max_atoms,
-                        tail_t=tail_t, tail_steps=tail_steps, jump=jump)
+                        tail_t=tail_t, tail_steps=tail_steps, jump=jump, eq_tail_t=eq_tail_t)
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
     lm = resolve_model(model, variant, device, time_model)
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
@@ -264,8 +266,8 @@ def relax(
     opts = SamplerOptions(max_steps=max_steps, t_conv=t_conv, t_start=t_start, stochastic=stochastic, final_step=final_step,
                           patience=patience, t_eq=t_eq,
                           batch_size=batch_size, seed=seed, device=device,
-                          **{k: v for k, v in (("tail_t", tail_t), ("tail_steps", tail_steps), ("jump", jump))
-                             if v is not None})
+                          **{k: v for k, v in (("tail_t", tail_t), ("tail_steps", tail_steps), ("jump", jump),
+                                                 ("eq_tail_t", eq_tail_t)) if v is not None})
     mols = [(atoms_list[k].numbers, atoms_list[k].positions) for k in todo]
     traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}
     bar = None

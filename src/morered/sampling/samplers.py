@@ -44,6 +44,7 @@ DEFAULT_T_EQ = 20
 DEFAULT_TAIL_T = 100
 DEFAULT_TAIL_STEPS = 10
 DEFAULT_JUMP = 0.2
+DEFAULT_EQ_TAIL_T = 0
 
 #: why a relaxation stopped (``Relaxed.stop``, the ``morered_stop`` field of written structures)
 STOP_CONVERGED = "converged"            # AS/JT: predicted step <= t_conv; ITP/DDPM: schedule ran to 0
@@ -75,6 +76,9 @@ class SamplerOptions:
             last step (0: off).  The time head stops early, before the last bond-length noise is
             gone; a short fixed tail removes it.
         tail_steps: number of (DDIM) jumps of that tail; 0: one step at a time (``tail_t`` steps).
+        eq_tail_t: AS/JT: an input already at equilibrium (first predicted step <= t_eq) takes
+            the fixed deterministic tail from this step (with the tail's stride) instead of one
+            mean step (0: off).
         jump: AS/JT adaptive phase: from the predicted step t, a deterministic DDIM jump to
             ``floor(t (1 - jump))`` (at least one step down) instead of the DDPM step to t - 1
             (0: off).
@@ -92,6 +96,7 @@ class SamplerOptions:
     final_step: str = "mean"
     tail_t: int = DEFAULT_TAIL_T
     tail_steps: int = DEFAULT_TAIL_STEPS
+    eq_tail_t: int = DEFAULT_EQ_TAIL_T
     jump: float = DEFAULT_JUMP
     batch_size: int = 128
     seed: int = 0
@@ -230,6 +235,7 @@ def _run(
     dtype = _model_dtype(model)
     noise_scale = 1.0 if o.stochastic else 0.0
     tail_t = max(0, min(int(o.tail_t), T))
+    eq_tail_t = max(0, min(int(o.eq_tail_t), T))
     tail_stride = max(1, -(-tail_t // int(o.tail_steps))) if int(o.tail_steps) > 0 else 1
 
     def finish(k: int, x: np.ndarray, stop: str, t_final: int, error: str | None = None):
@@ -298,6 +304,9 @@ def _run(
                 conv = at_eq
             else:
                 conv = ending | at_eq
+            if eq_tail_t > 0:
+                enter_tail = enter_tail | at_eq
+                conv = conv & ~at_eq
         # the step each molecule moves to: the DDPM mean step t -> t-1, or a deterministic DDIM
         # jump t -> s (the tail, and the adaptive phase with jump > 0)
         s_next = (t_hat - 1).clamp(min=0)
@@ -322,7 +331,9 @@ def _run(
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
         if bool(enter_tail.any()):
-            t_cur[mol[enter_tail]] = tail_t
+            eq_entry = enter_tail & first & (t_hat <= int(o.t_eq)) if eq_tail_t > 0 else torch.zeros_like(enter_tail)
+            t_cur[mol[enter_tail & ~eq_entry]] = tail_t
+            t_cur[mol[eq_entry]] = eq_tail_t
             in_tail[mol[enter_tail]] = True
         if adaptive_variant:
             t_cur[mol] = torch.where(fixed & move, s_next, t_cur[mol])
