@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One training stage of a shipped model on a lent GPU, in calls of at most ~9 minutes that resume.
+#
+# Prepare once, on the CPU machine (repo root):
+#   bash scripts/gpu_stage.sh --prepare          # .whl/ (ase for Python 3.12), .cache/qm9_v1.npz
+# Then, with the device tool, as often as the device time allows (each call resumes the last):
+#   run(command="bash scripts/gpu_stage.sh jt 520", carry=[".cache", ".whl", "runs/gpu"], timeout_s=600)
+# and after each call copy what came back into runs/gpu/<model>/ here (files_at is read-only):
+#   bash scripts/gpu_stage.sh --collect FILES_AT jt
+# When done, ship as usual: python scripts/ship_models.py runs/gpu/jt --hardware "1x H100, ..."
+#
+# MODEL is jt, ddpm or time: the config src/morered/models/MODEL.yaml, warm-started from the
+# shipped MODEL.pt (ddpm/time: from jt.pt when MORERED_INIT=jt). Extra `morered train` options
+# go in MORERED_TRAIN_ARGS (e.g. "--set data.batch_size=256 --set optim.lr=3e-4").
+# A dry run on the CPU: PYTHON=.venv/bin/python MORERED_ACCELERATOR=cpu OUT=/tmp/gpu_out bash scripts/gpu_stage.sh jt 30
+# Data: the QM9 cache travels in .cache (34 MB), so the device needs no qm9pack and no network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
+  grep -qx "/.whl/" "$exclude" 2>/dev/null || echo "/.whl/" >> "$exclude"
+  mkdir -p .whl
+  ase_version=$(python3 -c "import importlib.metadata as m; print(m.version('ase'))" 2>/dev/null \
+                || .venv/bin/python -c "import importlib.metadata as m; print(m.version('ase'))")
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "ase==${ase_version}"
+  MORERED_CACHE=$PWD/.cache .venv/bin/python -c "from morered.data.qm9 import load_qm9; print(len(load_qm9()), 'QM9 molecules cached')"
+  du -sh .whl .cache
+  exit 0
+fi
+
+if [ "${1:-}" = "--collect" ]; then
+  src=$2; model=$3
+  mkdir -p "runs/gpu/$model/checkpoints"
+  cp "$src/best.pt" "$src/summary.json" "$src/config.yaml" "$src/train.log" "runs/gpu/$model/" 2>/dev/null || true
+  [ -f "$src/last.ckpt" ] && cp "$src/last.ckpt" "runs/gpu/$model/checkpoints/last.ckpt"
+  ls -la "runs/gpu/$model" "runs/gpu/$model/checkpoints"
+  exit 0
+fi
+
+model=${1:?usage: gpu_stage.sh MODEL SECONDS}
+seconds=${2:-520}
+init=src/morered/models/${MORERED_INIT:-$model}.pt
+out=runs/gpu/$model
+mkdir -p runs/gpu
+py=${PYTHON:-python3}  # the device's python3 holds its CUDA torch
+$py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=$PWD/src:/tmp/site MORERED_CACHE=$PWD/.cache PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# rerunning into the same --out resumes from its checkpoints/last.ckpt (carried from the last call)
+$py -m morered.cli train --config "src/morered/models/$model.yaml" --init-from "$init" --out "$out" \
+  --accelerator "${MORERED_ACCELERATOR:-gpu}" --max-time "${seconds}s" ${MORERED_TRAIN_ARGS:-} 2>&1 | tee "$out.log" | grep -v "it/s" || true
+mkdir -p "${OUT:-/tmp/gpu_out}"
+cp "$out/best.pt" "$out/config.yaml" "${OUT:-/tmp/gpu_out}/" 2>/dev/null || true
+cp "$out/summary.json" "${OUT:-/tmp/gpu_out}/" 2>/dev/null || true
+cp "$out/checkpoints/last.ckpt" "${OUT:-/tmp/gpu_out}/" 2>/dev/null || true
+cp "$out.log" "${OUT:-/tmp/gpu_out}/train.log"
+ls -la "${OUT:-/tmp/gpu_out}"
