@@ -165,7 +165,9 @@ def relax_shard(args):
     if not args.no_progress:
         from morered.io import progress_bar
 
-        bar = progress_bar(None, f"relax ({args.variant})", "mol", machine=True)
+        # in a multi-process run only process 0 shows progress: its shard's, a 1/N sample of the whole
+        where = f", shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
+        bar = progress_bar(None, f"relax ({args.variant}{where})", "mol", machine=True)
 
     def on_chunk(c):
         if bar is None:
