@@ -248,7 +248,8 @@ def _set_threads(threads, device: str = "cpu") -> None:
 
 
 def _devices(args) -> int:
-    """Worker processes: --devices, else 1 (see DEFAULT_CPU_PROCESSES)."""
+    """Worker processes: --devices, else 1 (on the 2-core machine one process ran faster than two,
+    290 vs 265 structures/s: see DEFAULT_CPU_THREADS)."""
     if args.devices is not None:
         return args.devices
     return 1
