@@ -221,7 +221,7 @@ def summary_markdown(rows: list[dict], meta: dict, large: dict | None = None) ->
 
 def large_markdown(r: dict) -> list[str]:
     """The large-input section of the summary (see :func:`stream_bench.large_input_row`)."""
-    steps = "the default stopping rule" if r["max_steps"] is None else f"at most {r['max_steps']} steps"
+    steps = "the default stopping rule" if r["max_steps"] is None else f"at most {r['max_steps']} step(s)"
     return [f"## Large input: {r['n']} structures streamed from disk to disk", "",
             f"QM9 test + validation molecules diffused to t = {r['t']}, repeated as needed ({r['input_mib']} MiB "
             f"extxyz), relaxed by `morered relax` in its own process with {steps} (its default threads and "
