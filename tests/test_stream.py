@@ -284,6 +284,7 @@ def test_torchrun_resumes_shards_one_interrupted_one_finished(tmp_path, test_mol
     full, out = tmp_path / "full.extxyz", tmp_path / "out.extxyz"
     assert main(["relax", str(inp), "-o", str(full), *opts]) == 1
     real = api.relax
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # _shard_args sets it: restored after the test
     for k in range(2):  # what the two processes of an interrupted run leave behind
         args = build_parser().parse_args(["relax", str(inp), "-o", str(out), *opts])
         parallel._shard_args(args, k, 2, k)
