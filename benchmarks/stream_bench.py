@@ -1,9 +1,11 @@
 """Large-input relaxation benchmark: structures/s and peak RSS, streamed disk to disk.
 
 Inputs are the QM9 test and validation molecules with Gaussian displacements (0.1 Å per
-coordinate, seeded), repeated until N structures, written as extxyz. Every measurement runs in
-its own process (`morered relax ...`), its peak RSS taken from wait4; the machine's load average
-is printed with each number (the machine may be shared).
+coordinate, seeded), repeated until N structures, written as extxyz. The measuring functions are
+in :mod:`morered.evaluation.stream_bench` (shared with `morered benchmark speed --large N`, whose
+inputs are diffused to t = 100 instead). Every measurement runs in its own process (`morered
+relax ...`), its peak RSS taken from wait4; the machine's load average is printed with each
+number (the machine may be shared).
 
     python benchmarks/stream_bench.py --sizes 10000 100000 --max-steps 1 --out benchmarks/results/stream
     python benchmarks/stream_bench.py --compare 10000 --max-steps 5     # stream vs in-memory, 2x1 vs 1x2
@@ -14,56 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-
-def make_input(n: int, path: Path, seed: int = 0) -> Path:
-    """N displaced QM9 test+validation molecules as extxyz (written fast, line by line)."""
-    if path.exists():
-        return path
-    from ase.data import chemical_symbols
-
-    from morered.data.qm9 import load_qm9, split_ids
-
-    qm9 = load_qm9()
-    ids = split_ids(qm9)
-    mols = qm9.select_ids(np.concatenate([ids["test"], ids["val"]]))
-    rng = np.random.default_rng(seed)
-    tmp = path.with_suffix(".part")
-    with open(tmp, "w") as f:
-        for k in range(n):
-            x, z = mols.molecule(k % len(mols))
-            x = x.astype(np.float64) + 0.1 * rng.standard_normal(x.shape)
-            lines = [f"{len(z)}", f'name=m{k} pbc="F F F"']
-            lines += [f"{chemical_symbols[int(a)]} {p[0]:.6f} {p[1]:.6f} {p[2]:.6f}" for a, p in zip(z, x)]
-            f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def run_measured(cmd: list[str], env=None) -> dict:
-    """Like :func:`measure`, with peak RSS of the process tree's largest member (wait4 per child)."""
-    load = os.getloadavg()[0]
-    t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    out = p.stdout.read()
-    err = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.time() - t0
-    rate = None
-    last = out.strip().splitlines()[-1] if out.strip() else ""
-    if "structures/s" in last:
-        rate = float(last.split("structures/s")[0].split(",")[-1].strip())
-    return {"cmd": " ".join(cmd), "rc": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 1),
-            "structures_per_s": rate, "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "summary": last,
-            "stderr_tail": err.strip().splitlines()[-2:], "load_before": round(load, 2),
-            "load_after": round(os.getloadavg()[0], 2)}
-
+from morered.evaluation.stream_bench import make_input, run_measured  # inputs: 0.1 Å Gaussian (t=None)
 
 IN_MEMORY = r"""
 import sys, time, torch

@@ -1,6 +1,7 @@
 """End-to-end relaxation benchmark on a few molecules: identity, MMFF94 and a tiny model."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -215,3 +216,33 @@ def test_speed_benchmark_refuses_bad_options(capsys):
     assert main(["benchmark", "speed", "--kernels", "sparse"]) == 2
     assert "--kernels" in capsys.readouterr().err
     assert main(["benchmark", "speed", "--rules", "fast"]) == 2
+
+
+def test_speed_benchmark_large_input_row(tmp_path, tiny_model_path):
+    """`--large N`: N diffused structures relaxed from disk to disk in a subprocess, one row with
+    structures/s, wall and peak RSS (issue 13)."""
+    from morered.evaluation.speed import run_speed_benchmark
+
+    res = run_speed_benchmark(n=2, out=tmp_path / "speed", kinds=(), baselines=(), model=str(tiny_model_path),
+                              profile=False, progress=False, large=50, large_max_steps=2)
+    r = res["large"]
+    assert r["n"] == 50 and r["rc"] in (0, 1) and r["structures_per_s"] > 0 and r["peak_rss_mib"] > 50
+    assert r["summary"].startswith("50 structures:")
+    assert 0 < r["rate_process"] < r["structures_per_s"]  # the process also imports and loads the model
+    assert json.loads((tmp_path / "speed" / "results.json").read_text())["large"]["n"] == 50
+    md = (tmp_path / "speed" / "summary.md").read_text()
+    row = [line for line in md.splitlines() if line.startswith("| MoreRed-JT, `morered relax` streamed | 50 |")]
+    assert len(row) == 1 and float(row[0].split("|")[3]) > 0 and float(row[0].split("|")[6]) > 0
+    work = tmp_path / "speed" / "large_input"
+    assert [p.name for p in work.iterdir()] == ["large_50_t100_seed0.extxyz"]  # input kept, output removed
+    from morered.io import read_structures
+
+    recs = read_structures(work / "large_50_t100_seed0.extxyz")
+    assert len(recs) == 50 and abs(recs[0].atoms.positions.mean(0)).max() < 1e-5  # centred: diffused
+
+
+def test_speed_benchmark_large_needs_something_to_measure(capsys):
+    from morered.cli import main
+
+    assert main(["benchmark", "speed", "--kinds", "", "--large", "0"]) == 2
+    assert "--large" in capsys.readouterr().err

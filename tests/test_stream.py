@@ -226,6 +226,90 @@ def test_devices_2_processes_give_one_merged_output(tmp_path, test_molecules, ti
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz", "out.errors.csv", "out.extxyz"]
 
 
+def _torchrun(args, nproc=2):
+    """`morered relax ARGS` under torchrun with ``nproc`` CPU processes: (rc, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                        "-m", "morered.cli", "relax", *map(str, args)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_2_processes_equal_one_process_and_leave_no_shard_files(tmp_path, test_molecules, tiny_model_path):
+    inp = tmp_path / "in.extxyz"
+    _write(inp, test_molecules, 11, bad={2})
+    opts = ["--model", tiny_model_path, "--max-steps", "3", "--batch-size", "2"]
+    one, two = tmp_path / "one.extxyz", tmp_path / "two.extxyz"
+    assert main(["relax", str(inp), "-o", str(one), "--no-progress", *map(str, opts)]) == 1  # one bad structure
+    rc, out, err = _torchrun([inp, "-o", two, *opts])
+    assert rc != 0, err[-3000:]  # torchrun exits 1 when a rank does (here: 1, one structure rejected)
+    assert out.count("structures:") == 1 and "11 structures: 10 relaxed" in out  # rank 0 alone reports
+    assert err.count("torchrun: 2 processes, merged into") == 1
+    # progress: rank 0's alone (machine-readable lines: stderr is not a terminal)
+    assert err.count("PROGRESS ") >= 1 and "relax (jt, shard 0/2)" in err and "shard 1/2" not in err
+    a, b = read_structures(one), read_structures(two)
+    assert [r.name for r in b] == [r.name for r in a] == [f"m{k}" for k in range(11) if k != 2]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(y.atoms.positions, x.atoms.positions, rtol=0, atol=1e-6)
+    assert two.read_bytes() == one.read_bytes()
+    assert errors_path(two).read_bytes() == errors_path(one).read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.extxyz", "one.extxyz", "one.errors.csv", "two.extxyz", "two.errors.csv"])  # no shard files
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_shard_and_reports_it_once(tmp_path, test_molecules, tiny_model_path):
+    inp = tmp_path / "in.extxyz"
+    _write(inp, test_molecules, 3)
+    rc, out, err = _torchrun([inp, "-o", tmp_path / "o.extxyz", "--model", tiny_model_path, "--shard", "0/2"])
+    assert rc != 0
+    lines = [line for line in (out + err).splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--shard" in lines[0] and "torchrun" in lines[0], out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
+
+
+@pytest.mark.slow
+def test_torchrun_resumes_shards_one_interrupted_one_finished(tmp_path, test_molecules, tiny_model_path,
+                                                              monkeypatch):
+    """Shard 0 interrupted after its first chunk, shard 1 finished (as when Ctrl-C reaches a
+    multi-process run late): `--resume` under torchrun continues shard 0, leaves shard 1 as it
+    is, and the merged output equals an uninterrupted one-process run."""
+    from morered.cli import parallel
+    from morered.cli.main import build_parser
+
+    inp = tmp_path / "in.extxyz"
+    _write(inp, test_molecules, 20, bad={7})
+    opts = ["--model", str(tiny_model_path), "--max-steps", "3", "--batch-size", "1", "--no-progress"]
+    full, out = tmp_path / "full.extxyz", tmp_path / "out.extxyz"
+    assert main(["relax", str(inp), "-o", str(full), *opts]) == 1
+    real = api.relax
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # _shard_args sets it: restored after the test
+    for k in range(2):  # what the two processes of an interrupted run leave behind
+        args = build_parser().parse_args(["relax", str(inp), "-o", str(out), *opts])
+        parallel._shard_args(args, k, 2, k)
+        calls = []
+
+        def relax_then_ctrl_c(*a, **kw):
+            calls.append(1)
+            res = real(*a, **kw)
+            if k == 0 and len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return res
+
+        monkeypatch.setattr(api, "relax", relax_then_ctrl_c)
+        summary = parallel._relax_outcome(args)[1]
+        assert summary.interrupted == (k == 0)
+        assert stream.resume_path(parallel.shard_output(out, k, 2)).exists()  # both resumable
+    monkeypatch.setattr(api, "relax", real)
+    rc, stdout, err = _torchrun([inp, "-o", out, "--resume", *opts])
+    assert "20 structures (18 done before the resume): 2 relaxed" in stdout, err[-3000:]
+    assert out.read_bytes() == full.read_bytes()
+    assert errors_path(out).read_bytes() == errors_path(full).read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.extxyz", "full.extxyz", "full.errors.csv", "out.extxyz", "out.errors.csv"])
+
+
 def _peak_rss_mib(tmp_path, model, n):
     inp = tmp_path / f"in{n}.xyz"
     with open(inp, "w") as f:

@@ -51,14 +51,17 @@ def add_parser(sub):
                    "RMSD (Kabsch, all atoms) of each structure before and after relaxation")
     p.add_argument("--no-progress", action="store_true")
     big = p.add_argument_group("large inputs", "the input is read lazily and the output appended a chunk at a "
-                               "time (xyz/extxyz, SDF, ASE db): memory does not grow with the input")
+                               "time (xyz/extxyz, SDF, ASE db): memory does not grow with the input. Under "
+                               "torchrun (`torchrun --nproc_per_node N -m morered.cli relax IN -o OUT`) each "
+                               "process relaxes shard RANK/N (with --device cuda on cuda:LOCAL_RANK) and rank 0 "
+                               "merges them into -o, as --devices N does; --shard and --devices are refused there")
     big.add_argument("--resume", action="store_true", help="continue an interrupted run into the same -o: "
                      "the structures already in the output and errors file are skipped")
     big.add_argument("--shard", metavar="K/N", help="relax only the structures whose input index i has "
                      "i %% N == K (round-robin); join shard outputs with `morered merge`")
-    big.add_argument("--devices", type=positive_int, default=None, help="run N worker processes (shards; "
+    big.add_argument("--devices", type=positive_int, default=None, metavar="N", help="run N worker processes (shards; "
                      "with --device cuda one GPU each, cuda:0..N-1) and merge their outputs into -o")
-    big.add_argument("--threads", type=positive_int, default=None, help="torch threads per process "
+    big.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch threads per process "
                      "(default: 1 on a machine with <= 2 cores, where it was measured fastest; else torch's choice)")
     p.set_defaults(func=run, batch_size=None)
 
@@ -89,24 +92,46 @@ def _report_rmsd(reference, records, results) -> None:
 
 
 def run(args) -> int:
+    from morered.cli import parallel
+
+    world = parallel.torchrun_world()
+    if world is not None:  # started by torchrun: every rank relaxes one shard, rank 0 merges
+        return parallel.run_torchrun(args, *world)
+    devices = check_args(args)
+    if devices > 1:
+        return parallel.run_devices(args, devices)
+    summary, kept, reference = relax_shard(args)
+    return report(summary, args.output, args.variant, kept, reference)
+
+
+def _t_conv(args) -> int:
+    return DEFAULT_T_CONV if args.t_conv is None else args.t_conv
+
+
+def check_args(args, torchrun: bool = False) -> int:
+    """Refuse bad options before any work is done (OptionError, exit 2); return the number of
+    worker processes (``--devices``, else 1). ``torchrun``: the processes are torchrun's, so
+    ``--shard`` and ``--devices`` are refused (each rank relaxes shard RANK/WORLD_SIZE)."""
     from morered.io import check_output_format, errors_path
     from morered.sampling import stream as st
-    from morered.sampling.api import check_device, check_relax_options, resolve_model
+    from morered.sampling.api import check_device, check_relax_options
 
-    # everything that can be refused is refused before any work is done
-    t_conv = DEFAULT_T_CONV if args.t_conv is None else args.t_conv
     if args.variant == "ddpm" and args.t_start is None:
         raise OptionError("--variant ddpm needs --t-start (the diffusion step the inputs are at)")
-    check_relax_options(variant=args.variant, max_steps=args.max_steps, t_conv=t_conv, patience=args.patience,
+    check_relax_options(variant=args.variant, max_steps=args.max_steps, t_conv=_t_conv(args), patience=args.patience,
                         t_eq=args.t_eq, t_start=args.t_start, final_step=args.final_step,
                         batch_size=args.batch_size or 1, max_atoms=args.max_atoms, tail_t=args.tail_t,
                         tail_steps=args.tail_steps, jump=args.jump)
-    shard = st.parse_shard(args.shard) if args.shard else (0, 1)
+    if torchrun and (args.shard or args.devices is not None):
+        raise OptionError("under torchrun every process relaxes shard RANK/WORLD_SIZE and rank 0 merges them "
+                          "into -o: leave out --shard and --devices")
+    if args.shard:
+        st.parse_shard(args.shard)
     devices = _devices(args)
     if devices > 1 and args.shard:
         raise OptionError("--devices N runs N shards itself: give --shard or --devices, not both")
-    if devices > 1 and args.reference:
-        raise OptionError("--reference needs one process: leave out --devices")
+    if (devices > 1 or torchrun) and args.reference:
+        raise OptionError("--reference needs one process: leave out --devices" + (" and torchrun" if torchrun else ""))
     inputs = [args.input] + ([args.reference] if args.reference else [])
     check_output_file(args.output, "-o", inputs)
     check_output_format(args.output)
@@ -114,15 +139,23 @@ def run(args) -> int:
     if args.trajectory:
         check_output_dir(args.trajectory, "--trajectory")
     check_device(args.device)
-    if devices > 1:
-        from morered.cli.parallel import run_devices
+    return devices
 
-        return run_devices(args, devices)
+
+def relax_shard(args):
+    """Relax ``args.input`` (its shard ``args.shard``, if given) into ``args.output`` in this
+    process, with a progress bar unless ``args.no_progress``; the options are checked
+    (:func:`check_args`). Returns (StreamSummary, kept records, reference records or None)."""
+    from morered.io import StructureStream
+    from morered.sampling import stream as st
+    from morered.sampling.api import check_device, check_relax_options, resolve_model
+
+    shard = st.parse_shard(args.shard) if args.shard else (0, 1)
+    check_device(args.device)  # a worker's own device (cuda:K) may not exist
     _set_threads(args.threads, args.device)
     model = resolve_model(args.model, args.variant, args.device, args.time_model)
+    t_conv = _t_conv(args)
     check_relax_options(variant=args.variant, t_conv=t_conv, t_start=args.t_start, T=model.schedule.T)
-    from morered.io import StructureStream
-
     StructureStream(args.input)  # unreadable file, unknown format: exit 2 before anything is written
     reference = read_inputs(args.reference) if args.reference else None
     batch_size = args.batch_size or st.auto_batch_size(args.device, st.mean_atoms(args.input))
@@ -132,7 +165,9 @@ def run(args) -> int:
     if not args.no_progress:
         from morered.io import progress_bar
 
-        bar = progress_bar(None, f"relax ({args.variant})", "mol", machine=True)
+        # in a multi-process run only process 0 shows progress: its shard's, a 1/N sample of the whole
+        where = f", shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
+        bar = progress_bar(None, f"relax ({args.variant}{where})", "mol", machine=True)
 
     def on_chunk(c):
         if bar is None:
@@ -149,6 +184,7 @@ def run(args) -> int:
             summary = st.relax_file(
                 args.input, args.output, model, args.variant, chunk=chunk, shard=shard, resume=args.resume,
                 seed=args.seed, trajectory_dir=args.trajectory, on_chunk=on_chunk, stop=stop,
+                keep_record=getattr(args, "keep_record", False),
                 keep=(lambda rec, res: kept.append((rec, res))) if reference is not None else None,
                 max_steps=args.max_steps, t_conv=t_conv, t_start=args.t_start, stochastic=args.stochastic,
                 batch_size=batch_size, final_step=args.final_step, patience=args.patience, t_eq=args.t_eq,
@@ -157,7 +193,7 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    return report(summary, args.output, args.variant, kept, reference)
+    return summary, kept, reference
 
 
 def report(summary, output, variant, kept=(), reference=None) -> int:
@@ -212,7 +248,8 @@ def _set_threads(threads, device: str = "cpu") -> None:
 
 
 def _devices(args) -> int:
-    """Worker processes: --devices, else 1 (see DEFAULT_CPU_PROCESSES)."""
+    """Worker processes: --devices, else 1 (on the 2-core machine one process ran faster than two,
+    290 vs 265 structures/s: see DEFAULT_CPU_THREADS)."""
     if args.devices is not None:
         return args.devices
     return 1

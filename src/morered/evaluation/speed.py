@@ -6,6 +6,11 @@ at every setting worth comparing (PaiNN kernel, torch threads, batch size, stopp
 gives structures/s, seconds per structure, the speed ratio to MMFF94 and to GFN2-xTB, and the
 accuracy (median RMSD to the DFT geometry, failure %) so that no speed-up hides an accuracy loss.
 A torch profile of one relaxation shows where the time goes.
+
+``--large N`` adds a large-input row: N QM9 test + validation molecules diffused to t = 100
+(repeated as needed) written to disk and relaxed by `morered relax` in its own process, streamed
+disk to disk, with structures/s, wall time, peak RSS and the load average
+(:mod:`morered.evaluation.stream_bench`).
 """
 
 from __future__ import annotations
@@ -93,8 +98,14 @@ def profile_relaxation(model, inputs, n: int = 32, rows: int = 25) -> str:
 def run_speed_benchmark(n: int = 100, seed: int = 0, out="runs/benchmark_speed", kinds=DEFAULT_KINDS,
                         kernels=("dense", "edges"), threads=(1, 2), batch_sizes=(128,), rules=("default", "legacy"),
                         baselines=("mmff", "xtb"), model=None, max_steps: int = 1000, fmax: float = 0.005,
-                        repeats: int = 2, profile: bool = True, progress: bool = True) -> dict:
-    """Run the speed comparison; write ``summary.md``, ``results.json`` and ``profile.txt`` to ``out``."""
+                        repeats: int = 2, profile: bool = True, progress: bool = True, large: int = 0,
+                        large_max_steps: int | None = None) -> dict:
+    """Run the speed comparison; write ``summary.md``, ``results.json`` and ``profile.txt`` to ``out``.
+
+    ``large``: also relax that many structures streamed from disk to disk in a subprocess
+    (:func:`morered.evaluation.stream_bench.large_input_row`, at most ``large_max_steps`` steps
+    each, default: the default stopping rule); the row is ``results["large"]``. 0: off.
+    ``kinds`` may be empty for the large row alone."""
     import torch
 
     from morered.sampling.api import resolve_model
@@ -157,8 +168,15 @@ def run_speed_benchmark(n: int = 100, seed: int = 0, out="runs/benchmark_speed",
                          "vs_xtb": sps / rate["GFN2-xTB + L-BFGS"] if "GFN2-xTB + L-BFGS" in rate else None,
                          **acc})
     torch.set_num_threads(threads_before)
+    large_row = None
+    if large:
+        from morered.evaluation.stream_bench import large_input_row
+
+        log(f"large input: {large} structures streamed from disk to disk by `morered relax`")
+        large_row = large_input_row(large, out / "large_input", model=model, max_steps=large_max_steps, seed=seed)
+        log(f"  {large_row['structures_per_s']:.2f} structures/s, peak RSS {large_row['peak_rss_mib']:.0f} MiB")
     files = {}
-    if profile:
+    if profile and kinds:
         lm.model.kernel = "auto"
         inputs = make_inputs(kinds[0], refs, seed=seed)
         (out / "profile.txt").write_text(profile_relaxation(lm, inputs))
@@ -166,17 +184,17 @@ def run_speed_benchmark(n: int = 100, seed: int = 0, out="runs/benchmark_speed",
     meta = {"n": n, "seed": seed, "cores": os.cpu_count(), "repeats": repeats, "load_at_start": start_load[0], "load_at_end": _load()[0],
             "omp_threads_xtb": omp_threads(), "max_steps": max_steps, "fmax": fmax, "rules": RULES,
             "model": str(model or "shipped jt"), "torch": torch.__version__}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / "summary.md").write_text(summary_markdown(rows, meta))
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "large": large_row}, indent=1))
+    (out / "summary.md").write_text(summary_markdown(rows, meta, large_row))
     files.update({"results.json": str(out / "results.json"), "summary.md": str(out / "summary.md")})
-    return {"rows": rows, "meta": meta, "files": files}
+    return {"rows": rows, "meta": meta, "files": files, "large": large_row}
 
 
 def _x(v) -> str:
     return "-" if v is None else (f"{v:.1f}x" if v >= 0.095 else f"1/{1 / v:.0f}")
 
 
-def summary_markdown(rows: list[dict], meta: dict) -> str:
+def summary_markdown(rows: list[dict], meta: dict, large: dict | None = None) -> str:
     lines = [f"# Relaxation speed: MoreRed-JT vs MMFF94 vs GFN2-xTB ({meta['n']} QM9 test molecules, seed "
              f"{meta['seed']})", "",
              f"{meta['cores']} cores; 1-minute load average {meta['load_at_start']} at the start, "
@@ -196,11 +214,28 @@ def summary_markdown(rows: list[dict], meta: dict) -> str:
                          f"{r['seconds_per_structure']:.4f} | {_x(r['vs_mmff94'])} | {_x(r['vs_xtb'])} | "
                          f"{r['median_rmsd']:.4f} | {r['failure_pct']:.0f} | {r['mean_steps']:.1f} | {r['load']} |")
         lines.append("")
+    if large is not None:
+        lines += large_markdown(large)
     return "\n".join(lines)
 
 
+def large_markdown(r: dict) -> list[str]:
+    """The large-input section of the summary (see :func:`stream_bench.large_input_row`)."""
+    steps = "the default stopping rule" if r["max_steps"] is None else f"at most {r['max_steps']} step(s)"
+    return [f"## Large input: {r['n']} structures streamed from disk to disk", "",
+            f"QM9 test + validation molecules diffused to t = {r['t']}, repeated as needed ({r['input_mib']} MiB "
+            f"extxyz), relaxed by `morered relax` in its own process with {steps} (its default threads and "
+            "batch size). structures/s: as `morered relax` reports it (reading, relaxing, writing); process "
+            "wall includes imports and model loading; peak RSS from wait4.", "",
+            "| method | structures | structures/s | process wall (s) | structures/s (process) | peak RSS (MiB) | "
+            "load before/after |", "|---|---:|---:|---:|---:|---:|---|",
+            f"| MoreRed-JT, `morered relax` streamed | {r['n']} | {r['structures_per_s']:.2f} | {r['wall_s']:.1f} | "
+            f"{r['rate_process']:.2f} | {r['peak_rss_mib']:.0f} | {r['load_before']} / {r['load_after']} |", "",
+            f"Command: `{r['cmd']}`", ""]
+
+
 def add_cli_arguments(p) -> None:
-    from morered.cli.common import positive_int
+    from morered.cli.common import nonneg_int, positive_int
 
     def csv(cast=str):
         return lambda s: tuple(cast(x) for x in s.split(",") if x)
@@ -219,6 +254,12 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--repeats", type=positive_int, default=2, help="runs of every setting, round-robin; the "
                    "fastest is kept (default 2)")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of one relaxation")
+    p.add_argument("--large", type=nonneg_int, default=0, metavar="N", help="add a large-input row: N QM9 "
+                   "test+validation molecules diffused to t=100 (repeated as needed) relaxed from disk to disk by "
+                   "`morered relax` in a subprocess: structures/s, wall, peak RSS (default 0: off; the issue's "
+                   "row is 100000)")
+    p.add_argument("--large-max-steps", type=positive_int, default=None, metavar="K", help="cap the large-input "
+                   "row at K steps per structure (default: the default stopping rule)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cli_run)
 
@@ -233,9 +274,12 @@ def _cli_run(args) -> int:
             raise OptionError(f"{name}: unknown {bad}; choose from {', '.join(allowed)}")
     if any(t < 1 for t in args.threads) or any(b < 1 for b in args.batch_sizes):
         raise OptionError("--threads and --batch-sizes must be positive")
+    if not args.kinds and not args.large:
+        raise OptionError("--kinds is empty and --large is 0: nothing to measure")
     res = run_speed_benchmark(n=args.n, seed=args.seed, out=args.out, kinds=args.kinds, kernels=args.kernels,
                               threads=args.threads, batch_sizes=args.batch_sizes, rules=args.rules,
                               baselines=args.baselines, model=args.model, max_steps=args.max_steps,
-                              repeats=args.repeats, profile=not args.no_profile, progress=not args.quiet)
+                              repeats=args.repeats, profile=not args.no_profile, progress=not args.quiet,
+                              large=args.large, large_max_steps=args.large_max_steps)
     print(Path(res["files"]["summary.md"]).read_text())
     return 0

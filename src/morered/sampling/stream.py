@@ -19,7 +19,8 @@ most until its chunk is done, and memory holds one chunk whatever the size of th
   records end at the recorded index and name. Chunks are the same in both runs (they are
   counted from the start of the shard's input and seeded by their first index), so a resumed
   run writes exactly what an uninterrupted one would. The record is removed when a run ends
-  normally.
+  normally (kept with ``keep_record``: a finished shard of a multi-process run, resumed as a
+  no-op while the interrupted shards continue).
 - **Shards**: ``shard=(k, n)`` takes the records whose input index i has ``i % n == k``
   (round-robin: stable per index, no need to know the length of the file, and every shard gets
   a similar mix). :func:`merge_files` joins shard outputs (and their errors files) back into
@@ -130,6 +131,7 @@ def relax_file(
     on_chunk: Callable[[dict], None] | None = None,
     stop=None,
     keep: Callable[[Record, dict], None] | None = None,
+    keep_record: bool = False,
     **relax_kwargs: Any,
 ) -> StreamSummary:
     """Relax every structure of ``input_path`` (or one shard of them) into ``output_path``,
@@ -154,6 +156,10 @@ def relax_file(
             in flight (the records not reached are listed in the errors file as interrupted).
         keep: called with (record, result dict) for every record (e.g. an RMSD report); holding
             them is the caller's choice.
+        keep_record: keep the resume record after a normal end (removed otherwise), so that
+            ``resume=True`` finds the shard finished and does nothing: for a shard of a
+            multi-process run, whose other shards may have been interrupted (the caller removes
+            the records once all are done).
         relax_kwargs: passed to :func:`morered.sampling.api.relax` (max_steps, batch_size, ...).
 
     Raises:
@@ -248,7 +254,7 @@ def relax_file(
     if not streaming:
         failed = write_structures(output_path, [r for r, _ in buffered], [res for _, res in buffered])
         summary.output_written = any(res.get("positions") is not None for _, res in buffered)
-    elif not summary.interrupted:
+    elif not summary.interrupted and not keep_record:
         remove_stale(state_path)
     summary.output_written = summary.output_written or output_path.exists()
     summary.wall = time.time() - t0
