@@ -454,7 +454,7 @@ def test_killed_training_keeps_its_steps_and_time(tmp_path, test_molecules, sig)
     assert second["wall_seconds_total"] > second["wall_seconds_this_run"] + 1.0
 
 
-@pytest.mark.parametrize("option", [["--jump", "2"], ["--jump", "-0.1"], ["--tail-t", "-5"], ["--tail-steps", "-1"]])
+@pytest.mark.parametrize("option", [["--jump", "2"], ["--jump", "-0.1"], ["--tail-t", "-5"], ["--tail-steps", "-1"], ["--eq-tail-t", "-3"]])
 def test_bad_relaxation_rule_options_exit_2_before_work(tmp_path, inp, tiny_model_path, capsys, option):
     out = tmp_path / "o.xyz"
     assert _relax(inp, "-o", out, "--model", tiny_model_path, *option) == 2
