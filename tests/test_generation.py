@@ -77,7 +77,7 @@ def test_parse_composition():
 def test_generation_does_not_inherit_relaxation_stopping_rules():
     o = generation_options("jt", 1000, max_steps=700)
     assert o.stochastic and o.patience == 0 and o.t_eq == -1 and o.t_conv == 10 and o.max_steps == 700
-    assert o.tail_t == 0 and o.jump == 0.0  # relaxation's tail and DDIM jumps neither
+    assert o.tail_t == 0 and o.jump == 0.0 and o.eq_tail_t == 0  # relaxation's tails and DDIM jumps neither
     d = generation_options("ddpm", 1000, max_steps=10)
     assert d.t_start == 1000 and d.max_steps == 1000  # the fixed schedule always runs all T steps
 

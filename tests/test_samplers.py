@@ -94,9 +94,10 @@ def _setup(variant, tiny):
 
 
 def _run(variant, model, mols, callback=None, **kw):
-    """The samplers' mechanics on one-step-at-a-time DDPM updates: the relaxation tail, DDIM jumps
+    """The samplers' mechanics on one-step-at-a-time DDPM updates: the relaxation tails, DDIM jumps
     and the plateau rule of the defaults are off unless a test asks for them."""
     kw.setdefault("tail_t", 0)
+    kw.setdefault("eq_tail_t", 0)
     kw.setdefault("jump", 0.0)
     kw.setdefault("patience", 0)
     return SAMPLERS[variant](model, mols, SCHEDULE, SamplerOptions(**kw), callback)

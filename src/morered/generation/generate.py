@@ -148,11 +148,12 @@ def generation_options(variant: str, T: int, max_steps: int = GENERATION_MAX_STE
         raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     if variant == "ddpm":
         return SamplerOptions(max_steps=T, t_start=T, stochastic=True, batch_size=batch_size, seed=seed,
-                              device=device, patience=0, t_eq=-1, tail_t=0, tail_steps=0, jump=0.0)
+                              device=device, patience=0, t_eq=-1, tail_t=0, tail_steps=0, jump=0.0,
+                              eq_tail_t=0)
     # relaxation's tail and DDIM jumps are not inherited either (measured for relaxation only)
     return SamplerOptions(max_steps=max_steps, t_conv=GENERATION_T_CONV, patience=GENERATION_PATIENCE,
                           t_eq=GENERATION_T_EQ, stochastic=True, final_step="mean", batch_size=batch_size,
-                          seed=seed, device=device, tail_t=0, tail_steps=0, jump=0.0)
+                          seed=seed, device=device, tail_t=0, tail_steps=0, jump=0.0, eq_tail_t=0)
 
 
 @dataclass
