@@ -100,13 +100,19 @@ def test_benchmark_dft_resumes_from_its_cache_file(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(E, "dft_energy", fake_energy(calls))
     kw = dict(n=2, methods=("identity", "mmff"), kinds=("diffused_50",), dft=1, progress=False, cache=False,
-              dft_cache=tmp_path / "dft.jsonl")
+              dft_cache=tmp_path / "dft.jsonl", xtb_energy=True)
     a = B.run_relax_benchmark(out=tmp_path / "a", **kw)
     assert len(calls) == 3  # the reference and both results of the first molecule
     b = B.run_relax_benchmark(out=tmp_path / "b", **kw)
     assert len(calls) == 3
     assert [r.get("dE_dft") for r in a["rows"]] == [r.get("dE_dft") for r in b["rows"]]
-    assert "0 single points computed, 3 reused" in (tmp_path / "b" / "summary.md").read_text()
+    md = (tmp_path / "b" / "summary.md").read_text()
+    assert "0 single points computed, 3 reused" in md
+    # the screen (here GFN2-xTB) is compared with DFT on the structures that have both
+    assert "## How well the cheap energies track the DFT ΔE" in md
+    track = json.loads((tmp_path / "b" / "summary.json").read_text())["tracking"]
+    assert {(t["screen"], t["kind"], t["n"]) for t in track} == {("dE_xtb", "diffused_50", 2), ("dE_xtb", "all", 2)}
+    assert (tmp_path / "b" / "energies_dE_dft.png").exists()
 
 
 # ---------------------------------------------------------------------------- statistics

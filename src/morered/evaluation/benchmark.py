@@ -397,7 +397,7 @@ def run_relax_benchmark(
         "methods": ", ".join(methods),
         "max_steps": max_steps,
         "GFN2-xTB fmax (eV/Å)": fmax,
-        "normal-mode temperature (K)": temperature,
+        "normal_mode temperature (K)": f"{temperature:g} (normal_mode_<T> kinds name their own)",
         "seed": seed,
         "failure": f"ratio > 1 + {FAILURE_TOL:g} (the tolerance only absorbs rounding)",
         "threads": f"OpenMP {omp_threads()} (tblite), torch {torch.get_num_threads()}, RDKit 1; "
@@ -435,7 +435,7 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--kinds", type=_csv_list, default=DEFAULT_KINDS,
                    help=f"comma-separated input kinds: {KINDS_HELP} (default {','.join(DEFAULT_KINDS)})")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum iterations, every method")
-    p.add_argument("--dft", type=int, default=0, metavar="N", help="PySCF B3LYP/6-31G(2df,p) ΔE on the first N molecules (~1 min per single point)")
+    p.add_argument("--dft", type=int, default=0, metavar="N", help="PySCF B3LYP/6-31G(2df,p) ΔE on the first N molecules (~1 min per single point; cached, see --dft-cache)")
     p.add_argument("--dft-cache", metavar="FILE",
                    help="JSONL file of DFT single points by geometry hash, read and appended to as each finishes "
                         "(default $MORERED_CACHE/dft_cache.jsonl; put it beside committed results to resume for free)")
