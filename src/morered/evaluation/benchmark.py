@@ -226,7 +226,7 @@ def _energy_rows(rows, refs_by_kind, outputs, dft: int, xtb: bool, progress: boo
         wanted = set(dft_ids)
         chosen = [(r, x) for r, x in zip(rows, outputs) if str(r["mol_id"]) in wanted]
         jobs = [(*refs[i], {"mol_id": i, "what": "reference"}) for i in dft_ids if i in refs]
-        jobs += [(*ref_of(r)[:1], x, {"mol_id": str(r["mol_id"]), "what": f"{r['method']}/{r['kind']}"})
+        jobs += [(ref_of(r)[0], x, {"mol_id": str(r["mol_id"]), "what": f"{r['method']}/{r['kind']}"})
                  for r, x in chosen if usable(x)]
         cache = dft_cache if dft_cache is not None else E.EnergyCache()
         energy = E.cached_energies(jobs, lambda z, x: E.dft_energy(z, x), cache, E.DFT_SETTINGS, progress,
