@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from morered.evaluation.baselines import BASELINES, BaselineResult, available, omp_threads
-from morered.evaluation.inputs import (Structures, input_settings, make_inputs, qm7x_inputs, qm9_references,
-                                      read_user_inputs)
+from morered.evaluation.geometry import geometry_errors
+from morered.evaluation.inputs import (KINDS_HELP, Structures, input_settings, is_kind, make_inputs, qm7x_inputs,
+                                      qm9_references, read_user_inputs)
 from morered.evaluation.peers import PEERS, RELAX as PEER_RELAX, peer_available
 from morered.evaluation.report import summarize, write_report
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_rmsd, rmsd_ratio
@@ -128,7 +129,7 @@ def _benchmark_inputs(n, seed, kinds, inputs, refs, id_field, n_normal_mode, tem
     all_refs = qm9_references(n, seed)
     for kind in kinds:
         r = all_refs
-        if kind == "normal_mode" and n_normal_mode is not None and n_normal_mode < n:
+        if kind.startswith("normal_mode") and n_normal_mode is not None and n_normal_mode < n:
             r = Structures(all_refs.ids[:n_normal_mode], all_refs.numbers[:n_normal_mode],
                            all_refs.positions[:n_normal_mode], kind="reference")
         _log(progress, f"inputs: {kind} for {len(r)} molecules")
@@ -163,6 +164,7 @@ def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, models, max_steps
                 row = {"method": m, "kind": kind, "mol_id": x.ids[k].item(), "index": k,
                        "n_atoms": len(x.numbers[k])}
                 row.update(score(x.numbers[k], x.positions[k], r.positions[k], rr.positions))
+                row.update(geometry_errors(x.numbers[k], r.positions[k], rr.positions))
                 row.update(converged=rr.converged, steps=rr.steps,
                            seconds=wall / len(valid) if m in MORERED else rr.seconds,
                            threads=threads, error=rr.error)
@@ -174,43 +176,67 @@ def _relax_all(methods, skipped, inputs_by_kind, refs_by_kind, models, max_steps
     return rows, outputs, timings
 
 
-def _energy_rows(rows, refs_by_kind, outputs, dft: int, xtb: bool, progress: bool) -> None:
-    """Add ``dE_xtb`` (every structure) and ``dE_dft`` (first ``dft`` references) in kcal/mol.
+def _energy_rows(rows, refs_by_kind, outputs, dft: int, xtb: bool, progress: bool, screens=(),
+                 dft_cache=None) -> None:
+    """Add ΔE = E(result) − E(reference) in kcal/mol to the rows.
 
-    A failed relaxation gets ΔE = inf; an energy that cannot be computed (SCF failure) NaN.
-    Both count as "not within 1 kcal/mol".
+    ``dE_xtb`` (GFN2-xTB) and ``dE_<screen>`` (ANI, batched) for every structure, ``dE_dft`` for
+    the structures of the first ``dft`` references, its single points through ``dft_cache`` (an
+    :class:`~morered.evaluation.energies.EnergyCache`) with a progress bar over those not cached.
+    A failed relaxation gets ΔE = inf; an energy that cannot be computed (SCF failure, element
+    ANI does not know) NaN.  Both count as "not within 1 kcal/mol".
     """
-    from morered.evaluation.energies import EV_TO_KCAL, HARTREE_TO_KCAL, dft_energy, xtb_energy
+    from morered.evaluation import energies as E
 
-    def safe(fn, z, x):
-        try:
-            return fn(z, x)
-        except Exception:  # e.g. SCF not converged
-            return math.nan
+    def ref_of(r):
+        refs = refs_by_kind[r["kind"]]
+        return refs.numbers[r["index"]], refs.positions[r["index"]]
 
-    ref_energy: dict = {}  # (level, reference id) -> energy; one reference serves every kind
+    def usable(x):
+        return x is not None and np.isfinite(x).all()
 
-    def de(level, fn, scale, r, z, ref, x, e_out=None):
-        key = (level, str(r["mol_id"]))
-        if key not in ref_energy:
-            ref_energy[key] = safe(fn, z, ref)
-        if x is None:
-            return math.inf
-        e = e_out if e_out is not None else safe(fn, z, x)
-        return (e - ref_energy[key]) * scale
+    refs = {}  # reference id -> (numbers, positions); one reference serves every kind
+    for r in rows:
+        refs.setdefault(str(r["mol_id"]), ref_of(r))
 
-    dft_ids = None
+    if xtb:
+        def safe_xtb(z, x):
+            try:
+                return E.xtb_energy(z, x)
+            except Exception:  # e.g. SCF not converged
+                return math.nan
+
+        e_ref = {i: safe_xtb(*zx) for i, zx in refs.items()}
+        for r, x in zip(rows, outputs):
+            e = r["_energy_xtb"] if r.get("_energy_xtb") is not None else (safe_xtb(ref_of(r)[0], x) if usable(x) else None)
+            r["dE_xtb"] = math.inf if not usable(x) else (e - e_ref[str(r["mol_id"])]) * E.EV_TO_KCAL
+
+    for name in screens:
+        t0 = time.perf_counter()
+        ids = list(refs)
+        e_ref = dict(zip(ids, E.ani_energies([refs[i][0] for i in ids], [refs[i][1] for i in ids], name)))
+        e_out = E.ani_energies([ref_of(r)[0] for r in rows], [x if usable(x) else None for x in outputs], name)
+        for r, x, e in zip(rows, outputs, e_out):
+            r[f"dE_{name}"] = math.inf if not usable(x) else (e - e_ref[str(r["mol_id"])]) * E.HARTREE_TO_KCAL
+        _log(progress, f"{name} screen: {len(rows) + len(ids)} single points in {time.perf_counter() - t0:.1f} s")
+
     if dft > 0:
         first = next(iter(refs_by_kind.values()))
-        dft_ids = {str(i) for i in list(first.ids)[:dft]}
-    for r, x in zip(rows, outputs):
-        refs = refs_by_kind[r["kind"]]
-        z, ref = refs.numbers[r["index"]], refs.positions[r["index"]]
-        if xtb:
-            r["dE_xtb"] = de("xtb", xtb_energy, EV_TO_KCAL, r, z, ref, x, r.get("_energy_xtb"))
-        if dft_ids is not None and str(r["mol_id"]) in dft_ids:
-            _log(progress, f"DFT single point: {r['method']}/{r['kind']} #{r['mol_id']}")
-            r["dE_dft"] = de("dft", dft_energy, HARTREE_TO_KCAL, r, z, ref, x)
+        dft_ids = [str(i) for i in list(first.ids)[:dft]]
+        wanted = set(dft_ids)
+        chosen = [(r, x) for r, x in zip(rows, outputs) if str(r["mol_id"]) in wanted]
+        jobs = [(*refs[i], {"mol_id": i, "what": "reference"}) for i in dft_ids if i in refs]
+        jobs += [(ref_of(r)[0], x, {"mol_id": str(r["mol_id"]), "what": f"{r['method']}/{r['kind']}"})
+                 for r, x in chosen if usable(x)]
+        cache = dft_cache if dft_cache is not None else E.EnergyCache()
+        energy = E.cached_energies(jobs, lambda z, x: E.dft_energy(z, x), cache, E.DFT_SETTINGS, progress,
+                                   "DFT single points")
+        _log(progress, f"DFT: {cache.last.get('computed', 0)} single points computed, "
+                       f"{cache.last.get('reused', 0)} from the cache{f' {cache.path}' if cache.path else ''}")
+        for r, x in chosen:
+            z, ref = refs[str(r["mol_id"])]
+            e_ref = energy[E.geometry_key(z, ref, E.DFT_SETTINGS)]
+            r["dE_dft"] = math.inf if not usable(x) else (energy[E.geometry_key(z, x, E.DFT_SETTINGS)] - e_ref) * E.HARTREE_TO_KCAL
 
 
 def run_relax_benchmark(
@@ -236,6 +262,8 @@ def run_relax_benchmark(
     cache: bool = True,
     dataset: str = "qm9",
     data_dir: str | os.PathLike | None = None,
+    screens=(),
+    dft_cache: str | os.PathLike | None = None,
 ) -> dict:
     """Relax the same inputs with every method and write a report (SPEC §7, paper Fig. 4).
 
@@ -273,12 +301,20 @@ def run_relax_benchmark(
         methods: any of ``identity``, ``mmff`` (RDKit MMFF94, bonds from the reference),
             ``xtb`` (GFN2-xTB, tblite + ASE L-BFGS), ``jt``, ``as``, ``itp`` (MoreRed variants
             through :func:`morered.sampling.api.relax`).
-        kinds: any of ``diffused_<t>``, ``normal_mode``, ``mmff_min``, ``xtb_min``.
+        kinds: any of ``diffused_<t>``, ``normal_mode`` (at ``temperature``), ``normal_mode_<T>``
+            (T in K, e.g. ``normal_mode_1500`` as QM7-X), ``mmff_min``, ``xtb_min``, ``etkdg``
+            (RDKit ETKDGv3 embedding from the reference's bond graph).
         max_steps: maximum iterations for every method.
         dft: number of molecules (the first ``dft`` references) whose reference and every
             result get a PySCF B3LYP/6-31G(2df,p) single point (about a minute each on 2 cores
-            for a QM9 molecule, so ``dft × (1 + methods × kinds)`` minutes).
+            for a QM9 molecule, so up to ``dft × (1 + methods × kinds)`` minutes, less what the
+            cache already holds).
         xtb_energy: add GFN2-xTB ΔE for every structure (cheap).
+        screens: cheap energies for every structure, any of ``ani1x``, ``ani1ccx`` (torchani 2.0,
+            batched: seconds for hundreds of structures); the report says how well each tracks
+            the DFT ΔE where both exist.
+        dft_cache: JSONL file of DFT single points keyed by geometry (read, and appended to as each
+            one finishes); None: ``$MORERED_CACHE/dft_cache.jsonl`` if ``cache``, else memory only.
         inputs, refs: the user's files (any ASE format, or SDF) instead of QM9.
         model: the MoreRed model, passed to :func:`morered.sampling.api.resolve_model` (None:
             the shipped model of each variant).  A variant it does not suit is skipped.
@@ -290,7 +326,8 @@ def run_relax_benchmark(
         fmax: GFN2-xTB convergence, max force in eV/Å.
         batch_size: structures per MoreRed batch.
         id_field: the id field of the user's files.
-        cache: read and write generated inputs under ``$MORERED_CACHE/benchmark_inputs``.
+        cache: read and write generated inputs under ``$MORERED_CACHE/benchmark_inputs`` (and
+            use the default DFT cache, see ``dft_cache``).
         dataset, data_dir: ``qm7x`` with the folder of its HDF5 files: the inputs are QM7-X's own
             displaced structures of ``n`` test references (kinds ``qm7x_closest``, ``qm7x_middle``,
             ``qm7x_farthest``; ``kinds`` is ignored), as in the paper.
@@ -310,6 +347,15 @@ def run_relax_benchmark(
     if inputs is None and refs is None and dataset == "qm9":
         for kind in kinds:
             input_settings(kind)  # unknown kinds fail here, before any work
+    from morered.evaluation.energies import EnergyCache, default_dft_cache_path, screen_available
+
+    for name in screens:
+        ok, why = screen_available(name)
+        if not ok:
+            raise ImportError(f"energy screen {why}")
+    if dft_cache is None and cache and dft > 0:
+        dft_cache = default_dft_cache_path()
+    dft_store = EnergyCache(dft_cache) if dft > 0 else None
 
     # inputs -------------------------------------------------------------------------------
     inputs_by_kind, refs_by_kind, input_seconds, source = _benchmark_inputs(
@@ -334,9 +380,9 @@ def run_relax_benchmark(
                                         max_steps, fmax, seed, batch_size, progress)
 
     # energies -----------------------------------------------------------------------------
-    if dft > 0 or xtb_energy:
+    if dft > 0 or xtb_energy or screens:
         t0 = time.perf_counter()
-        _energy_rows(rows, refs_by_kind, outputs, dft, xtb_energy, progress)
+        _energy_rows(rows, refs_by_kind, outputs, dft, xtb_energy, progress, screens, dft_store)
         _log(progress, f"energies in {time.perf_counter() - t0:.1f} s")
     for row in rows:
         row.pop("_energy_xtb", None)
@@ -351,7 +397,7 @@ def run_relax_benchmark(
         "methods": ", ".join(methods),
         "max_steps": max_steps,
         "GFN2-xTB fmax (eV/Å)": fmax,
-        "normal-mode temperature (K)": temperature,
+        "normal_mode temperature (K)": f"{temperature:g} (normal_mode_<T> kinds name their own)",
         "seed": seed,
         "failure": f"ratio > 1 + {FAILURE_TOL:g} (the tolerance only absorbs rounding)",
         "threads": f"OpenMP {omp_threads()} (tblite), torch {torch.get_num_threads()}, RDKit 1; "
@@ -360,7 +406,13 @@ def run_relax_benchmark(
         "total wall time (s)": f"{time.perf_counter() - t_start:.1f}",
     }
     if dft:
-        meta["DFT"] = f"PySCF B3LYP (b3lypg)/6-31G(2df,p), density fitting, first {dft} molecules"
+        last = dft_store.last
+        meta["DFT"] = (f"PySCF B3LYP (b3lypg)/6-31G(2df,p), density fitting, first {dft} molecules; "
+                       f"{last.get('computed', 0)} single points computed, {last.get('reused', 0)} reused from "
+                       f"{dft_store.path or 'memory'}")
+    if screens:
+        meta["energy screens"] = ", ".join(screens)
+    meta["bond graph"] = "from the reference by covalent radii (d < 1.2 (r_i + r_j), ASE radii)"
     files = write_report(rows, out, meta, timings, skipped, missing)
     _log(progress, f"report in {out}: {', '.join(files)}")
     return {"rows": rows, "summary": summarize(rows, timings), "files": files, "skipped": skipped,
@@ -381,10 +433,16 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="chooses molecules, seeds inputs and samplers")
     p.add_argument("--methods", type=_csv_list, default=DEFAULT_METHODS, help=f"comma-separated, from {','.join(METHODS)}")
     p.add_argument("--kinds", type=_csv_list, default=DEFAULT_KINDS,
-                   help="comma-separated input kinds: diffused_<t>, normal_mode, mmff_min, xtb_min")
+                   help=f"comma-separated input kinds: {KINDS_HELP} (default {','.join(DEFAULT_KINDS)})")
     p.add_argument("--max-steps", type=int, default=1000, help="maximum iterations, every method")
-    p.add_argument("--dft", type=int, default=0, metavar="N", help="PySCF B3LYP/6-31G(2df,p) ΔE on the first N molecules (~1 min per single point)")
+    p.add_argument("--dft", type=int, default=0, metavar="N", help="PySCF B3LYP/6-31G(2df,p) ΔE on the first N molecules (~1 min per single point; cached, see --dft-cache)")
+    p.add_argument("--dft-cache", metavar="FILE",
+                   help="JSONL file of DFT single points by geometry hash, read and appended to as each finishes "
+                        "(default $MORERED_CACHE/dft_cache.jsonl; put it beside committed results to resume for free)")
     p.add_argument("--xtb-energy", action="store_true", help="GFN2-xTB ΔE for every structure")
+    p.add_argument("--screen", type=_csv_list, default=(), metavar="ani1x[,ani1ccx]",
+                   help="cheap ΔE for every structure with torchani 2.0 (batched, seconds; pip install -e .[peers]); "
+                        "the report shows how well it tracks the DFT ΔE")
     p.add_argument("--inputs", help="your own inputs (any ASE format or SDF), with --refs")
     p.add_argument("--refs", help="references for --inputs, matched by --id-field")
     p.add_argument("--dataset", choices=["qm9", "qm7x"], default="qm9",
@@ -398,15 +456,14 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--fmax", type=float, default=0.005, help="GFN2-xTB convergence, eV/Å")
     p.add_argument("--batch-size", type=int, default=128, help="MoreRed structures per batch")
     p.add_argument("--threads", type=int, help="torch threads (tblite follows OMP_NUM_THREADS)")
-    p.add_argument("--no-cache", action="store_true", help="regenerate inputs instead of using the cache")
+    p.add_argument("--no-cache", action="store_true",
+                   help="regenerate inputs instead of using the cache (and no default DFT cache; --dft-cache still works)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cli_run)
 
 
 def check_cli_args(args) -> None:
     """Every option of ``benchmark relax`` checked before any work: OptionError (exit 2) naming it."""
-    import re
-
     from morered.errors import OptionError
 
     ranges = [("n", args.n, 1), ("max_steps", args.max_steps, 0), ("dft", args.dft, 0),
@@ -424,9 +481,26 @@ def check_cli_args(args) -> None:
         raise OptionError(f"--methods: unknown {', '.join(bad)} (choose from {','.join(METHODS)})")
     if not args.kinds:
         raise OptionError("--kinds: give at least one input kind")
-    bad = [k for k in args.kinds if k not in DEFAULT_KINDS and not re.fullmatch(r"diffused_\d+", k)]
+    bad = [k for k in args.kinds if not is_kind(k)]
     if bad:
-        raise OptionError(f"--kinds: unknown {', '.join(bad)} (diffused_<t>, normal_mode, mmff_min, xtb_min)")
+        raise OptionError(f"--kinds: unknown {', '.join(bad)} ({KINDS_HELP})")
+    from morered.evaluation.energies import SCREENS, screen_available
+
+    for name in args.screen:
+        if name not in SCREENS:
+            raise OptionError(f"--screen: unknown {name} (choose from {','.join(SCREENS)})")
+        ok, why = screen_available(name)
+        if not ok:
+            raise OptionError(f"--screen {name}: {why}")
+    if args.dft_cache is not None:
+        p = Path(args.dft_cache)
+        if p.is_dir():
+            raise OptionError(f"--dft-cache {p} is a directory, not a file")
+        existing = p if p.exists() else p.parent
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK):
+            raise OptionError(f"--dft-cache {p}: cannot write to {existing}")
     if (args.inputs is None) != (args.refs is None):
         raise OptionError("--inputs and --refs go together: give both or neither")
     for opt, path in (("--inputs", args.inputs), ("--refs", args.refs)):
@@ -460,7 +534,8 @@ def _cli_run(args) -> int:
         max_steps=args.max_steps, dft=args.dft, xtb_energy=args.xtb_energy, inputs=args.inputs,
         refs=args.refs, model=args.model, time_model=args.time_model, progress=not args.quiet, n_normal_mode=args.n_normal_mode,
         temperature=args.temperature, fmax=args.fmax, batch_size=args.batch_size, id_field=args.id_field,
-        cache=not args.no_cache, dataset=args.dataset, data_dir=args.data_dir,
+        cache=not args.no_cache, dataset=args.dataset, data_dir=args.data_dir, screens=args.screen,
+        dft_cache=args.dft_cache,
     )
     print(Path(res["files"]["summary.md"]).read_text())
     return 0

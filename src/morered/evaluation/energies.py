@@ -1,12 +1,21 @@
-"""Single-point energies for judging relaxed structures: DFT (PySCF) and GFN2-xTB (tblite).
+"""Single-point energies for judging relaxed structures: DFT (PySCF), GFN2-xTB (tblite) and the
+ANI-1x screen (torchani), and a disk cache of single points keyed by geometry.
 
 QM9's references are B3LYP/6-31G(2df,p) minima computed with Gaussian, so :func:`dft_energy`
 uses the same level (Gaussian's B3LYP, i.e. VWN1-RPA in the LDA part: PySCF ``b3lypg``) with
 density fitting.  ΔE = E(structure) - E(reference) in kcal/mol; positive means the structure lies
 above the reference minimum.
+
+DFT costs about a minute per QM9 molecule, so :class:`EnergyCache` keeps every single point in an
+append-only JSONL file keyed by :func:`geometry_key` (numbers, positions to 1e-6 Å, level of
+theory): reruns and resumed runs reuse them.  ANI-1x (ωB97X/6-31G(d) trained) costs milliseconds
+per structure and serves as a screen while tuning (:func:`ani_energies`); the benchmark reports
+how well it tracks the DFT ΔE where both exist.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -80,3 +89,190 @@ def dft_threads() -> int:
     from pyscf import lib
 
     return int(lib.num_threads())
+
+
+# ---------------------------------------------------------------------------- single-point cache
+
+#: the level of theory :func:`dft_energy` runs with its defaults; part of every DFT cache key, so a
+#: change of level never reads energies computed at another
+DFT_SETTINGS = {"program": "pyscf", "method": "RKS", "xc": "b3lypg", "basis": "6-31G(2df,p)", "cart": False,
+                "density_fit": True, "conv_tol": 1e-9, "charge": 0, "spin": 0, "unit": "Hartree"}
+#: positions are rounded to this many decimals (Å) before hashing
+KEY_DECIMALS = 6
+
+
+def geometry_key(numbers, positions, settings: dict) -> str:
+    """SHA-256 of (atomic numbers, positions rounded to 1e-6 Å, settings): the cache key of one
+    single point.  The same geometry gives the same key in any process; moving any atom by more
+    than the rounding, reordering atoms or changing a setting gives another.  Positions are taken
+    as given (not centred or aligned): a translated copy is another key (and costs one more single
+    point), never a wrong hit.
+    """
+    import hashlib
+    import json
+
+    z = [int(v) for v in np.asarray(numbers).ravel()]
+    x = np.round(np.asarray(positions, np.float64), KEY_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if x.shape != (len(z), 3) or not np.isfinite(x).all():
+        raise ValueError(f"positions must be finite [{len(z)}, 3], not {x.shape}")
+    text = json.dumps({"numbers": z, "positions": [f"{v:.{KEY_DECIMALS}f}" for v in x.ravel()],
+                       "settings": settings}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def default_dft_cache_path():
+    """``$MORERED_CACHE/dft_cache.jsonl``."""
+    from morered.data.qm9 import cache_dir
+
+    return cache_dir() / "dft_cache.jsonl"
+
+
+class EnergyCache:
+    """Single-point energies on disk: an append-only JSONL file, one line per geometry.
+
+    Each line is ``{"key": geometry_key, "energy": float or null, "error": str or null, ...}``
+    (extra fields such as the formula and the seconds it took are kept for people reading the
+    file).  :meth:`put` appends and flushes one line at once, so an interrupted run keeps every
+    energy it finished and a resumed run (or another process) reads them back; a last line cut
+    off mid-write is ignored.  ``path=None``: in memory only.  A failed calculation (SCF not
+    converged) is stored with ``energy: null`` and its error, so it is not retried.
+    """
+
+    def __init__(self, path=None):
+        from pathlib import Path
+
+        self.path = None if path is None else Path(path)
+        self._data: dict[str, dict] = {}
+        #: what the last :func:`cached_energies` call did: ``{"reused": n, "computed": m}``
+        self.last: dict[str, int] = {}
+        if self.path is not None and self.path.exists():
+            import json
+
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:  # a line cut off by an interrupted write
+                        continue
+                    if isinstance(rec, dict) and "key" in rec:
+                        self._data[rec["key"]] = rec
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def get(self, key: str) -> float | None:
+        """The energy stored for ``key``: a float, NaN for a stored failure, None if absent."""
+        rec = self._data.get(key)
+        if rec is None:
+            return None
+        return float("nan") if rec.get("energy") is None else float(rec["energy"])
+
+    def put(self, key: str, energy: float, error: str | None = None, **info) -> None:
+        """Store one energy (NaN with ``error`` for a failure) and append it to the file now."""
+        import json
+        import math
+
+        rec = {"key": key, "energy": None if energy is None or math.isnan(energy) else float(energy),
+               "error": error, **info}
+        self._data[key] = rec
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps(rec, separators=(",", ":")) + "\n"
+            with open(self.path, "a") as f:  # one write of one line: appends from two processes do not mix
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def cached_energies(jobs, fn, cache: EnergyCache, settings: dict, progress: bool = False,
+                    desc: str = "single points") -> dict[str, float]:
+    """Energies of ``jobs`` (``[(numbers, positions, info dict)]``) through ``cache``.
+
+    Geometries already in the cache cost nothing; the others are computed one by one with
+    ``fn(numbers, positions)`` (duplicates once), each stored as soon as it is done, with a
+    progress bar and ETA over those left to do.  An exception from ``fn`` (e.g. SCF not
+    converged) is stored as NaN with its message.
+
+    Returns:
+        ``{key: energy}`` for every job (NaN for failures), keys from :func:`geometry_key`.
+    """
+    import time
+
+    from morered.io import progress_bar
+
+    out: dict[str, float] = {}
+    todo = {}
+    for z, x, info in jobs:
+        key = geometry_key(z, x, settings)
+        hit = cache.get(key)
+        if hit is not None:
+            out[key] = hit
+        elif key not in todo:
+            todo[key] = (z, x, info)
+    cache.last = {"reused": len(out), "computed": len(todo)}
+    with progress_bar(len(todo), desc, unit="sp", disable=not progress or not todo) as bar:
+        for key, (z, x, info) in todo.items():
+            t0 = time.perf_counter()
+            try:
+                e, err = float(fn(z, x)), None
+            except Exception as exc:  # a failed single point is a result (NaN), stored, not retried
+                e, err = float("nan"), f"{type(exc).__name__}: {exc}"
+            cache.put(key, e, err, seconds=round(time.perf_counter() - t0, 2), n_atoms=len(z), **info)
+            out[key] = e
+            bar.update(1)
+    return out
+
+
+# ---------------------------------------------------------------------------- ANI screen
+
+#: pretrained models usable as a cheap energy screen (torchani 2.0; elements H, C, N, O)
+SCREENS = ("ani1x", "ani1ccx")
+
+
+def screen_available(name: str) -> tuple[bool, str]:
+    """Whether a screen's package is installed: ``(ok, why not)``."""
+    from morered.evaluation.peers import peer_available
+
+    if name not in SCREENS:
+        return False, f"unknown screen {name!r}; choose from {', '.join(SCREENS)}"
+    return peer_available(name)
+
+
+def ani_energies(numbers_list, positions_list, model: str = "ani1x", batch_size: int = 256) -> np.ndarray:
+    """ANI single-point energies (Hartree) of many structures, batched (padding with species -1).
+
+    Structures with elements outside H, C, N, O, or without positions (None), get NaN.  A few
+    hundred QM9-sized structures take about a second on one thread.
+
+    Args:
+        numbers_list: ``[n_i]`` atomic numbers per structure.
+        positions_list: ``[n_i, 3]`` Å per structure (or None).
+        model: ``ani1x`` or ``ani1ccx``.
+    Returns:
+        ``[n]`` float64 energies in Hartree.
+    """
+    import torch
+
+    from morered.evaluation.peers import ELEMENTS, ani_model
+
+    net = ani_model(model)
+    allowed = ELEMENTS[model]
+    out = np.full(len(numbers_list), np.nan)
+    ok = [k for k, (z, x) in enumerate(zip(numbers_list, positions_list))
+          if x is not None and set(int(v) for v in z) <= allowed and np.isfinite(x).all()]
+    for b in range(0, len(ok), batch_size):
+        idx = ok[b:b + batch_size]
+        width = max(len(numbers_list[k]) for k in idx)
+        species = torch.full((len(idx), width), -1, dtype=torch.long)
+        coords = torch.zeros((len(idx), width, 3), dtype=torch.float64)
+        for i, k in enumerate(idx):
+            n = len(numbers_list[k])
+            species[i, :n] = torch.as_tensor(np.asarray(numbers_list[k], np.int64))
+            coords[i, :n] = torch.as_tensor(np.asarray(positions_list[k], np.float64))
+        with torch.no_grad():
+            e = net((species, coords)).energies
+        out[idx] = e.numpy()
+    return out

@@ -12,8 +12,14 @@ Kinds (SPEC §7, the paper's robustness and QM7-X-style tests):
 - ``diffused_<t>``: forward diffusion of the reference to step t (polynomial schedule, T = 1000,
   centred noise); t = 50, 100, 150 give about 0.12, 0.25, 0.38 Å RMSD on QM9.
 - ``normal_mode``: displacements along the GFN2-xTB normal modes of the reference with classical
-  harmonic Boltzmann amplitudes (QM7-X protocol; QM7-X itself used DFTB3+MBD modes).
+  harmonic Boltzmann amplitudes (QM7-X protocol; QM7-X itself used DFTB3+MBD modes) at the
+  benchmark's ``temperature`` (default 300 K); ``normal_mode_<T>`` at T kelvin (QM7-X used 1500 K).
+  The random normal coordinates depend on (seed, id) only, so ``normal_mode_1500`` is the
+  ``normal_mode_300`` displacement scaled by sqrt(5), and ``normal_mode_300`` equals ``normal_mode``
+  at 300 K (one cache file).
 - ``mmff_min`` / ``xtb_min``: the MMFF94 / GFN2-xTB minimum reached from the reference.
+- ``etkdg``: an RDKit ETKDGv3 embedding made from the reference's bond graph (atom order and
+  stereo kept), the geometry most chemists start from; it may be another conformer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from morered.data.displacements import (  # noqa: F401
     K_B,
     apply_each as _each,
     centre as _centre,
+    etkdg,
     gaussian,
     mmff_min,
     normal_mode,
@@ -73,20 +80,40 @@ def diffused(refs: Structures, t: int, seed: int = 0, schedule=None) -> Structur
 # ---------------------------------------------------------------------------- by name, cached
 
 _DIFFUSED = re.compile(r"^diffused_(\d+)$")
-KINDS = ("diffused_50", "diffused_100", "diffused_150", "normal_mode", "mmff_min", "xtb_min")
+_NORMAL_MODE = re.compile(r"^normal_mode_(\d+(?:\.\d+)?)$")
+KINDS = ("diffused_50", "diffused_100", "diffused_150", "normal_mode", "normal_mode_1500", "mmff_min", "xtb_min",
+         "etkdg")
+#: help text naming every kind
+KINDS_HELP = "diffused_<t>, normal_mode (at --temperature), normal_mode_<T> (T in K), mmff_min, xtb_min, etkdg"
+
+
+def is_kind(kind: str) -> bool:
+    """Whether ``kind`` names an input kind (see :data:`KINDS_HELP`)."""
+    try:
+        input_settings(kind)
+    except ValueError:
+        return False
+    return True
 
 
 def input_settings(kind: str, seed: int = 0, temperature: float = 300.0) -> dict:
     """The settings that determine an input kind's structures (the cache key, less the ids)."""
     if m := _DIFFUSED.match(kind):
         return {"kind": "diffused", "t": int(m.group(1)), "seed": int(seed)}
-    if kind == "normal_mode":
-        return {"kind": kind, "temperature": float(temperature), "seed": int(seed)}
+    if kind == "normal_mode" or _NORMAL_MODE.match(kind):
+        t = float(_NORMAL_MODE.match(kind).group(1)) if kind != "normal_mode" else float(temperature)
+        if not t > 0:
+            raise ValueError(f"input kind {kind!r}: the temperature must be positive")
+        return {"kind": "normal_mode", "temperature": t, "seed": int(seed)}
     if kind == "mmff_min":
         return {"kind": kind, "max_steps": 10000}
     if kind == "xtb_min":
         return {"kind": kind, "max_steps": 1000, "fmax": 0.005}
-    raise ValueError(f"unknown input kind {kind!r}; choose diffused_<t> or one of {KINDS[3:]}")
+    if kind == "etkdg":
+        from rdkit import __version__ as rdkit_version
+
+        return {"kind": kind, "seed": int(seed), "rdkit": rdkit_version}  # embeddings change with RDKit
+    raise ValueError(f"unknown input kind {kind!r}; choose from {KINDS_HELP}")
 
 
 def cache_path(settings: dict, ids) -> Path:
@@ -104,9 +131,9 @@ def make_inputs(kind: str, refs: Structures, seed: int = 0, temperature: float =
     """Inputs of one kind for ``refs``, read from or written to the disk cache.
 
     Args:
-        kind: ``diffused_<t>``, ``normal_mode``, ``mmff_min`` or ``xtb_min``.
-        seed: random seed (diffused, normal_mode).
-        temperature: K, for ``normal_mode``.
+        kind: ``diffused_<t>``, ``normal_mode``, ``normal_mode_<T>``, ``mmff_min``, ``xtb_min`` or ``etkdg``.
+        seed: random seed (diffused, normal_mode, etkdg).
+        temperature: K, for plain ``normal_mode`` (``normal_mode_<T>`` names its own).
         cache: use ``$MORERED_CACHE/benchmark_inputs`` (see :func:`cache_path`).
     """
     s = input_settings(kind, seed, temperature)
@@ -117,10 +144,12 @@ def make_inputs(kind: str, refs: Structures, seed: int = 0, temperature: float =
         return out
     if s["kind"] == "diffused":
         out = diffused(refs, s["t"], seed)
-    elif kind == "normal_mode":
-        out = normal_mode(refs, temperature, seed)
+    elif s["kind"] == "normal_mode":
+        out = normal_mode(refs, s["temperature"], seed)
     elif kind == "mmff_min":
         out = mmff_min(refs, s["max_steps"])
+    elif kind == "etkdg":
+        out = etkdg(refs, seed)
     else:
         out = xtb_min(refs, s["max_steps"], s["fmax"])
     out.kind = kind

@@ -32,18 +32,30 @@ OPTIMIZER = "ASE L-BFGS (per structure)"
 
 
 @lru_cache(maxsize=None)
-def _calculator(method: str):
-    import torch
+def ani_model(method: str = "ani1x"):
+    """The torchani 2.0 model (float64, atomic numbers as species, energies in Hartree), loaded once.
 
-    if method in ("ani1x", "ani1ccx"):
-        import warnings
+    Raises:
+        ImportError naming the ``peers`` extra if torchani is not installed.
+    """
+    import warnings
 
+    if method not in ("ani1x", "ani1ccx"):
+        raise ValueError(f"unknown ANI model {method!r}; choose ani1x or ani1ccx")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchani 2.0 imports the deprecated pkg_resources
             import torchani
+    except ImportError as e:
+        raise ImportError(f"{method} needs torchani 2.0: pip install -e .[peers] ({e})") from e
+    model = torchani.models.ANI1x if method == "ani1x" else torchani.models.ANI1ccx
+    return model(periodic_table_index=True).double()
 
-        model = torchani.models.ANI1x if method == "ani1x" else torchani.models.ANI1ccx
-        return model(periodic_table_index=True).double().ase()
+
+@lru_cache(maxsize=None)
+def _calculator(method: str):
+    if method in ("ani1x", "ani1ccx"):
+        return ani_model(method).ase()
     if method == "so3lr":
         import contextlib
         import io

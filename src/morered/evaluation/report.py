@@ -21,10 +21,19 @@ ROW_FIELDS = (
     "method", "kind", "mol_id", "index", "n_atoms",
     "rmsd_in", "rmsd", "rmsd_heavy_in", "rmsd_heavy", "ratio", "failure",
     "converged", "steps", "seconds", "threads", "error",
-    "t0", "t_final", "dE_dft", "dE_xtb",
+    "t0", "t_final", "dE_dft", "dE_ani1x", "dE_ani1ccx", "dE_xtb", "bond_err", "angle_err",
 )  # fmt: skip
 #: a relaxation is within chemical accuracy when |ΔE| <= this (kcal/mol)
 CHEMICAL_ACCURACY = 1.0
+#: ΔE columns (kcal/mol) and the level each comes from, in report order
+ENERGY_SOURCES = {
+    "dE_dft": "DFT B3LYP/6-31G(2df,p) (PySCF, density fitting)",
+    "dE_ani1x": "ANI-1x (torchani 2.0)",
+    "dE_ani1ccx": "ANI-1ccx (torchani 2.0)",
+    "dE_xtb": "GFN2-xTB (tblite)",
+}
+#: the cheap energies whose agreement with the DFT ΔE the report measures
+SCREEN_KEYS = ("dE_ani1x", "dE_ani1ccx", "dE_xtb")
 _BIG = 1e300  # stands in for inf inside quantile interpolation
 
 
@@ -44,6 +53,87 @@ def quantiles(values, qs=(0.25, 0.5, 0.75)) -> list[float]:
         return [math.nan] * len(qs)
     q = np.quantile(np.minimum(v, _BIG), qs)
     return [math.inf if x >= _BIG / 10 else float(x) for x in q]
+
+
+def energy_stats(values) -> dict:
+    """ΔE statistics of one group (kcal/mol): the centre and the tail.
+
+    ``values`` may hold ``inf`` (the method failed: no structure) and NaN (the energy could not be
+    computed): both count in ``n`` and as not within 1 kcal/mol.  ``median``, ``q1``, ``q3`` are of
+    the signed ΔE (failures above everything, NaN left out); ``p90_abs`` and ``max_abs`` of |ΔE|
+    (a structure below the reference, e.g. another conformer, is a tail too).
+
+    Returns:
+        ``{"n", "median", "q1", "q3", "p90_abs", "max_abs", "within_1_pct"}``.
+    """
+    v = np.asarray(values, np.float64).ravel()
+    n = len(v)
+    if not n:
+        return {"n": 0, "median": math.nan, "q1": math.nan, "q3": math.nan, "p90_abs": math.nan,
+                "max_abs": math.nan, "within_1_pct": math.nan}
+    q1, med, q3 = quantiles(v, (0.25, 0.5, 0.75))
+    a = np.abs(v)
+    finite = a[np.isfinite(a)]
+    return {"n": n, "median": med, "q1": q1, "q3": q3, "p90_abs": quantiles(a, [0.9])[0],
+            "max_abs": math.inf if np.isinf(a).any() else (float(np.nanmax(a)) if (~np.isnan(a)).any() else math.nan),
+            "within_1_pct": 100.0 * float((finite <= CHEMICAL_ACCURACY).sum()) / n}
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 with ties averaged (for Spearman's rho)."""
+    r = np.empty(len(v))
+    r[np.argsort(v, kind="stable")] = np.arange(len(v), dtype=float)
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    return (np.bincount(inv, weights=r) / counts)[inv]
+
+
+def tracking(a, b) -> dict:
+    """How well a screen's ΔE ``a`` tracks the reference ΔE ``b`` on the pairs finite in both:
+    ``{"n", "mae", "pearson", "spearman"}`` (kcal/mol; correlations NaN below 3 pairs)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    out = {"n": int(ok.sum()), "mae": float(np.abs(a - b).mean()) if ok.any() else math.nan,
+           "pearson": math.nan, "spearman": math.nan}
+    if len(a) >= 3 and a.std() > 0 and b.std() > 0:
+        out["pearson"] = float(np.corrcoef(a, b)[0, 1])
+        ra, rb = _ranks(a), _ranks(b)
+        if ra.std() > 0 and rb.std() > 0:
+            out["spearman"] = float(np.corrcoef(ra, rb)[0, 1])
+    return out
+
+
+def screen_tracking(rows: list[dict], ref_key: str = "dE_dft") -> list[dict]:
+    """For every screen in :data:`SCREEN_KEYS` present beside ``ref_key``: :func:`tracking` of the
+    relaxed structures (every method but ``identity``) per input kind and pooled (kind ``all``),
+    and of everything including the unrelaxed inputs (kind ``all + inputs``).
+
+    The inputs lie tens to hundreds of kcal/mol up and make any screen correlate; the relaxed
+    structures, a few kcal/mol apart, are where a screen must rank methods while tuning.
+    """
+    out = []
+    for key in SCREEN_KEYS:
+        both = [r for r in rows if r.get(key) is not None and r.get(ref_key) is not None]
+        if not both:
+            continue
+        relaxed = [r for r in both if r["method"] != "identity"]
+        groups = [(kind, [r for r in relaxed if r["kind"] == kind]) for kind in _order(relaxed, "kind")]
+        groups += [("all", relaxed), ("all + inputs", both)]
+        for kind, g in groups:
+            if g:
+                out.append({"screen": key, "reference": ref_key, "kind": kind,
+                            **tracking(_floats(g, key), _floats(g, ref_key))})
+    return out
+
+
+def bond_types(rows: list[dict]) -> list[str]:
+    """The ``bond_err_<type>`` types in the rows, most frequent first."""
+    count: dict[str, int] = defaultdict(int)
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("bond_err_") and v is not None:
+                count[k[len("bond_err_"):]] += 1
+    return sorted(count, key=lambda t: (-count[t], t))
 
 
 def summarize(rows: list[dict], timings: dict | None = None) -> list[dict]:
@@ -82,15 +172,14 @@ def summarize(rows: list[dict], timings: dict | None = None) -> list[dict]:
         s["structures_per_s"] = n / total if total > 0 else math.inf
         threads = t.get("threads") or sorted({int(r["threads"]) for r in g if r.get("threads") not in (None, "")})
         s["threads"] = threads if isinstance(threads, int) else "/".join(map(str, threads))
-        for e in ("dE_dft", "dE_xtb"):
-            d = _floats(g, e)
+        for e in ENERGY_SOURCES:
             has = [r for r in g if r.get(e) not in (None, "")]
+            if has:  # a failed structure (ΔE inf or NaN) is counted, and not within chemical accuracy
+                s.update({f"{e}_{k}": v for k, v in energy_stats(_floats(has, e)).items()})
+        for key in ["bond_err", "angle_err"] + [f"bond_err_{t}" for t in bond_types(g)]:
+            has = [r for r in g if r.get(key) not in (None, "")]
             if has:
-                finite = d[np.isfinite(d)]
-                s[f"{e}_n"] = len(has)
-                s[f"{e}_median"] = quantiles(d, [0.5])[0]
-                # a failed structure (ΔE inf or NaN) is not within chemical accuracy
-                s[f"{e}_within_1_pct"] = 100.0 * float((np.abs(finite) <= CHEMICAL_ACCURACY).sum()) / len(has)
+                s[f"{key}_median"] = quantiles(_floats(has, key), [0.5])[0]
         out.append(s)
     return out
 
@@ -161,7 +250,7 @@ def _g(v) -> str:
 
 
 def summary_markdown(summary: list[dict], meta: dict | None = None, skipped: dict | None = None,
-                     missing_inputs: dict | None = None) -> str:
+                     missing_inputs: dict | None = None, tracks: list[dict] | None = None) -> str:
     """The Markdown report: settings, the metrics table, energies, skipped methods."""
     lines = ["# Relaxation benchmark", ""]
     if meta:
@@ -184,13 +273,42 @@ def summary_markdown(summary: list[dict], meta: dict | None = None, skipped: dic
             f"{_f(s['steps_mean'], 1)} | {_g(s['s_per_structure'])} | {_g(s['structures_per_s'])} | "
             f"{s['threads']} |"
         )
-    for e, title in (("dE_dft", "DFT (B3LYP/6-31G(2df,p), PySCF)"), ("dE_xtb", "GFN2-xTB")):
+    for e, title in ENERGY_SOURCES.items():
         rows = [s for s in summary if f"{e}_n" in s]
         if rows:
             lines += ["", f"## ΔE = E(result) − E(reference), {title}, kcal/mol", "",
-                      "| method | kind | n | median ΔE | % within 1 kcal/mol |", "|---|---|---:|---:|---:|"]
-            lines += [f"| {s['method']} | {s['kind']} | {s[f'{e}_n']} | {_f(s[f'{e}_median'], 2)} | "
-                      f"{_f(s[f'{e}_within_1_pct'], 1)} |" for s in rows]
+                      "Median [first–third quartile] of the signed ΔE; the tail as the 90th percentile and the "
+                      "maximum of |ΔE|; a failed structure counts as inf and as not within 1 kcal/mol.", "",
+                      "| method | kind | n | median ΔE [q1–q3] | p90 abs(ΔE) | max abs(ΔE) | % within 1 kcal/mol |",
+                      "|---|---|---:|---|---:|---:|---:|"]
+            lines += [f"| {s['method']} | {s['kind']} | {s[f'{e}_n']} | {_f(s[f'{e}_median'], 2)} "
+                      f"[{_f(s[f'{e}_q1'], 2)}–{_f(s[f'{e}_q3'], 2)}] | {_f(s[f'{e}_p90_abs'], 2)} | "
+                      f"{_f(s[f'{e}_max_abs'], 2)} | {_f(s[f'{e}_within_1_pct'], 1)} |" for s in rows]
+    if tracks:
+        lines += ["", "## How well the cheap energies track the DFT ΔE", "",
+                  "Pairs with both ΔE finite; relaxed structures (every method but identity) per kind and "
+                  "pooled, then everything including the unrelaxed inputs (which lie far up and make any screen "
+                  "correlate); MAE of ΔE(screen) − ΔE(DFT) in kcal/mol.", "",
+                  "| screen | kind | n | MAE | Pearson r | Spearman ρ |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {ENERGY_SOURCES[t['screen']]} | {t['kind']} | {t['n']} | {_f(t['mae'], 2)} | "
+                  f"{_f(t['pearson'], 3)} | {_f(t['spearman'], 3)} |" for t in tracks]
+    geo = [s for s in summary if "bond_err_median" in s]
+    if geo:
+        types = []
+        for s in geo:
+            types += [k[len("bond_err_"):-len("_median")] for k in s
+                      if k.startswith("bond_err_") and k.endswith("_median") and k != "bond_err_median"
+                      and k[len("bond_err_"):-len("_median")] not in types]
+        lines += ["", "## Bond lengths and angles vs the reference", "",
+                  "Bonds of the reference by covalent radii (d < 1.2 (r_i + r_j)); per structure the mean "
+                  "abs(Δ length) over all bonds and per bond type (mÅ) and the mean abs(Δ angle) over bonded "
+                  "triples (degrees); median over the structures.", "",
+                  "| method | kind | all bonds | " + " | ".join(types) + " | angle (°) |",
+                  "|---|---|" + "---:|" * (len(types) + 2)]
+        milli = lambda v: _f(v * 1000 if isinstance(v, float) and math.isfinite(v) else v, 1)  # noqa: E731
+        lines += [f"| {s['method']} | {s['kind']} | {milli(s['bond_err_median'])} | "
+                  + " | ".join(milli(s.get(f"bond_err_{t}_median")) for t in types)
+                  + f" | {_f(s.get('angle_err_median'), 2)} |" for s in geo]
     if missing_inputs:
         lines += ["", "## Inputs that could not be generated (not relaxed)", ""]
         lines += [f"- {k}: {len(v)} ({'; '.join(v[:3])}{' …' if len(v) > 3 else ''})" for k, v in missing_inputs.items()]
@@ -382,6 +500,7 @@ def plot_energies(rows: list[dict], path, key: str = "dE_dft") -> Path | None:
     methods, kinds = _order(rows, "method"), _order(rows, "kind")
     colors = _colors(kinds)
     width = 0.8 / len(kinds)
+    source = ENERGY_SOURCES.get(key, key)
     fig, ax = plt.subplots(figsize=(min(14.0, 2.0 + 0.28 * len(methods) * len(kinds) + 0.6 * len(methods)), 4.0))
     labels = []
     for i, m in enumerate(methods):
@@ -401,11 +520,11 @@ def plot_energies(rows: list[dict], path, key: str = "dE_dft") -> Path | None:
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xticks(range(len(methods)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(methods) - 0.4)
-    ax.set_ylabel(f"ΔE {'DFT' if key == 'dE_dft' else 'GFN2-xTB'} (kcal/mol)")
+    ax.set_ylabel("ΔE (kcal/mol, symlog)")
     ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in kinds] + [plt.Rectangle((0, 0), 1, 1, color="green", alpha=0.15)],
               kinds + ["±1 kcal/mol"], fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("E(result) − E(reference)", fontsize=10)
+    ax.set_title(f"E(result) − E(reference), {source}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -435,11 +554,13 @@ def write_report(rows: list[dict], out, meta: dict | None = None, timings: dict 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, timings)
+    tracks = screen_tracking(rows)
     files = {"results.csv": write_csv(rows, out / "results.csv")}
-    md = summary_markdown(summary, meta, skipped, missing_inputs)
+    md = summary_markdown(summary, meta, skipped, missing_inputs, tracks)
     (out / "summary.md").write_text(md)
     files["summary.md"] = out / "summary.md"
-    doc = {"meta": meta or {}, "summary": summary, "skipped": skipped or {}, "missing_inputs": missing_inputs or {}}
+    doc = {"meta": meta or {}, "summary": summary, "tracking": tracks, "skipped": skipped or {},
+           "missing_inputs": missing_inputs or {}}
     (out / "summary.json").write_text(json.dumps(_jsonable(doc), indent=1))
     files["summary.json"] = out / "summary.json"
     traj = [{"method": r["method"], "kind": r["kind"], "mol_id": r["mol_id"], "trajectory_t": list(map(int, r["trajectory_t"]))}
@@ -452,7 +573,7 @@ def write_report(rows: list[dict], out, meta: dict | None = None, timings: dict 
         p = fn(rows, out / name)
         if p is not None:
             files[name] = p
-    for key in ("dE_dft", "dE_xtb"):
+    for key in ENERGY_SOURCES:
         p = plot_energies(rows, out / f"energies_{key}.png", key)
         if p is not None:
             files[p.name] = p
