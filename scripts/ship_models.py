@@ -61,7 +61,22 @@ for run in map(Path, args):
         "size_bytes": (models / f"{kind}.pt").stat().st_size,
         "val_loss_history": val_history(run),
     }
-    if init_from and kind in record:  # a stage on top of the shipped model
+    source = torch.load(init_from, weights_only=True) if init_from and Path(init_from).exists() else None
+    if init_from and source is not None and (source["model_type"] != kind
+                                            or source["model_args"]["representation"]
+                                            != ckpt["model_args"]["representation"]):
+        # a new network started from another model's parts (e.g. the AS/ITP pair from the JT
+        # model's representation + matching head): a new history, the replaced model kept on record
+        entry["command"] = (f"morered train --config src/morered/models/{kind}.yaml --init-from {init_from} "
+                            f"--out {run} --set optim.lr={config['optim']['lr']}")
+        entry["hardware"] = hardware
+        entry["init_from"] = (f"{init_from}: {source['model_type']} model at its step {source.get('global_step')}, "
+                              f"val loss {source.get('val_loss')} (representation + matching head)")
+        replaced = record.get(kind)
+        record[kind] = {**entry, "stages": [dict(entry)]}
+        if replaced:
+            record[kind]["replaced"] = {k: v for k, v in replaced.items() if k not in ("stages", "val_loss_history")}
+    elif init_from and kind in record:  # a stage on top of the shipped model
         previous = record[kind]
         stages = previous.pop("stages", None) or [dict(previous)]
         entry["command"] = (f"morered train --config src/morered/models/{kind}.yaml --init-from {init_from} "
