@@ -32,20 +32,11 @@ def parse_rule(text: str) -> tuple[str, dict]:
 
 
 def ani_energies(numbers_positions) -> np.ndarray:
-    """ANI-1x single-point energies (kcal/mol) of (numbers, positions) pairs; NaN where it fails."""
-    from ase import Atoms
+    """ANI-1x single-point energies (kcal/mol) of (numbers, positions) pairs, batched; NaN where not possible."""
+    from morered.evaluation.energies import HARTREE_TO_KCAL, ani_energies as ani
 
-    from morered.evaluation.energies import EV_TO_KCAL
-    from morered.evaluation.peers import _calculator
-
-    calc = _calculator("ani1x")
-    out = []
-    for z, x in numbers_positions:
-        try:
-            out.append(Atoms(numbers=z, positions=x, calculator=calc).get_potential_energy() * EV_TO_KCAL)
-        except Exception:
-            out.append(np.nan)
-    return np.array(out)
+    z, x = zip(*numbers_positions)
+    return ani(list(z), list(x), "ani1x") * HARTREE_TO_KCAL
 
 
 def main():
