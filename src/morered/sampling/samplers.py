@@ -292,6 +292,7 @@ def _run(
         adaptive = ~fixed
         conv = torch.zeros(len(mol), dtype=torch.bool)
         enter_tail = torch.zeros(len(mol), dtype=torch.bool)
+        at_eq = torch.zeros(len(mol), dtype=torch.bool)
         if adaptive_variant and bool(adaptive.any()):
             last_pred[mol[adaptive]] = t_hat[adaptive]
             # at t_hat = 0 a step cannot move the molecule: it stops there whatever t_conv is
@@ -338,9 +339,8 @@ def _run(
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
         if bool(enter_tail.any()):
-            eq_entry = enter_tail & first & (t_hat <= int(o.t_eq)) if eq_tail_t > 0 else torch.zeros_like(enter_tail)
-            t_cur[mol[enter_tail & ~eq_entry]] = tail_t
-            t_cur[mol[eq_entry]] = eq_tail_t
+            t_cur[mol[enter_tail & ~at_eq]] = tail_t
+            t_cur[mol[enter_tail & at_eq]] = eq_tail_t
             in_tail[mol[enter_tail]] = True
         if adaptive_variant:
             t_cur[mol] = torch.where(fixed & move, s_next, t_cur[mol])
