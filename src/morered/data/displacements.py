@@ -150,6 +150,22 @@ def normal_modes(numbers, positions, hessian: np.ndarray) -> tuple[np.ndarray, n
     return w, basis @ v
 
 
+def boltzmann_displacement(numbers, eigenvalues, modes, q, temperature: float,
+                           min_wavenumber: float = 50.0) -> np.ndarray:
+    """Cartesian displacement ``[n, 3]`` (Å) for normal coordinates ``q`` (standard normal draws, one
+    per mode; ``[m]`` or ``[k, m]`` for k draws at once): mode i gets amplitude
+    ``q_i sqrt(k_B T) / max(|omega_i|, omega_min)`` in mass-weighted coordinates (classical
+    harmonic Boltzmann sampling at ``temperature`` K, imaginary and very soft modes floored at
+    ``min_wavenumber`` cm⁻¹).  Eigenvalues and modes as :func:`normal_modes` returns them."""
+    from ase.data import atomic_masses
+
+    floor = (min_wavenumber / EV_A2_AMU_TO_CM1) ** 2
+    sm = np.sqrt(np.repeat(atomic_masses[np.asarray(numbers, int)], 3))
+    amp = np.sqrt(K_B * float(temperature) / np.maximum(np.abs(eigenvalues), floor))
+    dx = (np.asarray(q) * amp) @ modes.T / sm  # [..., 3n]
+    return dx.reshape(*dx.shape[:-1], -1, 3)
+
+
 def normal_mode_displacements(
     refs: Structures,
     temperatures=(300.0,),
@@ -175,9 +191,6 @@ def normal_mode_displacements(
     Returns:
         one :class:`Structures` per temperature, kind ``tag`` (``tag_<T>`` for several).
     """
-    from ase.data import atomic_masses
-
-    floor = (min_wavenumber / EV_A2_AMU_TO_CM1) ** 2
     temps = [float(t) for t in temperatures]
     out = [([], []) for _ in temps]
     for k in range(len(refs)):
@@ -186,13 +199,11 @@ def normal_mode_displacements(
             if x is None:
                 raise LookupError(f"no reference: {refs.errors[k]}")
             w, modes = normal_modes(z, x, xtb_hessian(z, x, step))
-            sm = np.sqrt(np.repeat(atomic_masses[np.asarray(z, int)], 3))
             rng = np.random.default_rng(rng_seed(seed, "normal_mode", refs.ids[k]))
             q0 = rng.standard_normal(len(w))
             for (pos, err), T in zip(out, temps):
                 q = (rng.standard_normal(len(w)) if independent and T != temps[0] else q0)
-                dx = (modes @ (q * np.sqrt(K_B * T / np.maximum(np.abs(w), floor)))) / sm
-                pos.append(centre(x + dx.reshape(-1, 3)))
+                pos.append(centre(x + boltzmann_displacement(z, w, modes, q, T, min_wavenumber)))
                 err.append(None)
         except Exception as e:  # report per structure, keep going
             msg = str(e) if isinstance(e, LookupError) else f"{type(e).__name__}: {e}"
@@ -269,12 +280,12 @@ def perceive_bonds(numbers, ref_positions, charge: int = 0):
     return mol, "connectivity"
 
 
-def mmff_minimize(numbers, positions, ref_positions, max_steps: int = 1000, charge: int = 0):
-    """MMFF94 (RDKit) minimisation, bonds perceived from ``ref_positions``.
-
-    Returns ``(positions, steps, converged)``; raises where MMFF94 cannot type the molecule.
-    """
-    from rdkit.Chem import rdForceFieldHelpers, rdtrajectory  # noqa: F401  (registers Snapshot)
+def mmff_force_field(numbers, positions, ref_positions, charge: int = 0):
+    """``(force field, molecule)``: an initialised RDKit MMFF94 force field at ``positions``, bonds
+    perceived from ``ref_positions``; raises where MMFF94 cannot type the molecule.  The force
+    field points into the molecule: keep the molecule referenced while using it (RDKit segfaults
+    otherwise)."""
+    from rdkit.Chem import rdForceFieldHelpers
     from rdkit.Geometry import Point3D
 
     mol, how = perceive_bonds(numbers, ref_positions, charge)
@@ -288,6 +299,60 @@ def mmff_minimize(numbers, positions, ref_positions, max_steps: int = 1000, char
     if ff is None:
         raise ValueError("RDKit could not set up the MMFF94 force field")
     ff.Initialize()
+    return ff, mol
+
+
+#: kcal/mol in eV
+KCAL_MOL_EV = 0.0433641043
+
+
+def mmff_hessian(numbers, positions, step: float = 0.005, charge: int = 0) -> np.ndarray:
+    """MMFF94 Hessian ``[3n, 3n]`` (eV/Å²) at ``positions`` by central differences of RDKit's
+    analytic gradient (6n calls, about 7 ms for a QM9 molecule); bonds perceived from ``positions``.
+
+    Each displaced geometry gets a force field of its own: RDKit's ``ForceField.CalcGrad(pos)``
+    keeps state between calls (a Hessian made by calling it 6n times on one force field came out
+    asymmetric with eigenvalues of -200 eV/Å² at an MMFF94 minimum).
+    """
+    from rdkit.Chem import rdForceFieldHelpers
+    from rdkit.Geometry import Point3D
+
+    x0 = np.asarray(positions, np.float64)
+    mol, how = perceive_bonds(numbers, x0, charge)
+    props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
+    if props is None:
+        raise ValueError(f"MMFF94 cannot type the molecule (bonds from {how})")
+    conf = mol.GetConformer()
+
+    def grad(x):
+        for a, p in enumerate(x):
+            conf.SetAtomPosition(a, Point3D(*map(float, p)))
+        ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props)
+        if ff is None:
+            raise ValueError("RDKit could not set up the MMFF94 force field")
+        return np.asarray(ff.CalcGrad(), np.float64)
+
+    n = len(x0)
+    h = np.zeros((3 * n, 3 * n))
+    for i in range(n):
+        for c in range(3):
+            g = []
+            for s in (step, -step):
+                x = x0.copy()
+                x[i, c] += s
+                g.append(grad(x))
+            h[:, 3 * i + c] = (g[0] - g[1]) / (2 * step) * KCAL_MOL_EV
+    return 0.5 * (h + h.T)
+
+
+def mmff_minimize(numbers, positions, ref_positions, max_steps: int = 1000, charge: int = 0):
+    """MMFF94 (RDKit) minimisation, bonds perceived from ``ref_positions``.
+
+    Returns ``(positions, steps, converged)``; raises where MMFF94 cannot type the molecule.
+    """
+    from rdkit.Chem import rdtrajectory  # noqa: F401  (registers Snapshot)
+
+    ff, mol = mmff_force_field(numbers, positions, ref_positions, charge)  # noqa: F841 (mol keeps ff valid)
     code, snapshots = ff.MinimizeTrajectory(1, maxIts=int(max_steps))
     x = np.asarray(ff.Positions(), dtype=np.float64).reshape(-1, 3)
     if not np.isfinite(x).all():

@@ -94,8 +94,14 @@ def diffuse(
     idx_m: torch.Tensor,
     schedule: NoiseSchedule,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    noise_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward process q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I) with centred noise.
+
+    ``noise`` (with the atom mask ``noise_mask``) replaces the Gaussian noise of those atoms (soft-mode
+    training, :mod:`morered.data.soft_modes`); the Gaussian draw is made either way, so the other
+    atoms get the same noise as without it.
 
     Args:
         x0: centred positions ``[n_atoms, 3]`` (Å).
@@ -105,6 +111,8 @@ def diffuse(
         ``(x_t, eps)``, both ``[n_atoms, 3]`` in the dtype of ``x0``; ``eps`` has zero mean per molecule.
     """
     eps = centred_noise(x0.shape, idx_m, generator=generator, dtype=x0.dtype, device=x0.device)
+    if noise is not None:  # [n_atoms, 3] replacement noise where ``noise_mask`` [n_atoms] is set
+        eps = torch.where(noise_mask[:, None].to(eps.device), noise.to(eps), eps)
     ab = schedule.alpha_bar[t.long().cpu()].to(x0.device)[idx_m].unsqueeze(-1)  # [n_atoms, 1] f64
     xt = ab.sqrt() * x0.double() + (1 - ab).sqrt() * eps.double()
     return xt.to(x0.dtype), eps

@@ -39,11 +39,15 @@ class DiffusionTask(TrainingTask):
 
     Losses (SPEC §5): L_eps = mean ||eps - eps_theta(x_t, t)||^2 over atoms and coordinates;
     L_t = mean (t/T - t_phi(x_t)_atom)^2 over atoms; JT: w_eps L_eps + w_t L_t.
+    With ``diffusion.soft_modes.fraction`` > 0 and a :class:`~morered.data.soft_modes.SoftModes`
+    table, that share of the training molecules with t <= ``t_max`` get normal-mode-shaped noise
+    of the same size instead of isotropic noise (validation stays isotropic).
     The training loop, EMA, validation, LR schedule and checkpoints are the base class's.
     """
 
-    def __init__(self, config: dict, dataset_info: dict | None = None):
+    def __init__(self, config: dict, dataset_info: dict | None = None, soft_modes=None):
         super().__init__(config, dataset_info)
+        self.soft_modes = soft_modes  # SoftModes table (diffusion.soft_modes) or None
         self.model_args = model_args_from_config(config)
         self.model = build_model(self.model_args)
         self.init_ema()
@@ -56,7 +60,14 @@ class DiffusionTask(TrainingTask):
         n_mol = len(batch[P.n_atoms])
         t = sample_t(n_mol, self.schedule.T, float(d["low_t_fraction"]), int(d["low_t_max"]), generator)
         t = t.to(self.device)
-        xt, eps = diffuse(batch[P.R], t, batch[P.idx_m], self.schedule, generator)
+        noise = mask = None
+        sm = d.get("soft_modes") or {}
+        if self.soft_modes is not None and generator is None and float(sm.get("fraction", 0)) > 0:
+            # training only: validation keeps isotropic noise, so losses stay comparable across stages
+            select = (torch.rand(n_mol) < float(sm["fraction"])) & (t.cpu() <= int(sm["t_max"]))
+            noise, used = self.soft_modes.noise(batch[P.mol_id], batch[P.n_atoms], select)
+            mask = used.to(self.device)[batch[P.idx_m]]
+        xt, eps = diffuse(batch[P.R], t, batch[P.idx_m], self.schedule, generator, noise, mask)
         noisy = {**batch, P.R: xt}
         t_norm = t.to(xt.dtype) / self.schedule.T
         cond = None if (self.config["model_type"] == "jt" and d["jt_condition"] == "predicted") else t_norm

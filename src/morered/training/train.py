@@ -78,6 +78,26 @@ def load_training_data(cfg: dict) -> tuple[Molecules, Molecules, dict]:
     return train, val, info
 
 
+def soft_mode_table(cfg: dict, train: Molecules):
+    """The :class:`~morered.data.soft_modes.SoftModes` of ``diffusion.soft_modes`` (None when off),
+    for ``molecules`` training molecules chosen with the run's seed, cached under $MORERED_CACHE."""
+    sm = cfg["diffusion"].get("soft_modes") or {}
+    if float(sm.get("fraction", 0)) <= 0:
+        return None
+    if cfg["model_type"] == "forcefield":
+        raise OptionError("diffusion.soft_modes applies to the diffusion models (jt, ddpm, time), not to forcefield")
+    from morered.data.qm9 import cache_dir
+    from morered.data.soft_modes import soft_modes_for
+
+    table = soft_modes_for(train, int(sm.get("molecules", 0)), int(sm.get("draws", 8)), int(cfg["seed"]),
+                           cache_dir() / "soft_modes", progress=sys.stderr.isatty())
+    log.info("soft-mode noise: %d molecules with MMFF94 draws (%d without), fraction %s for t <= %s",
+             len(table), len(table.errors), sm["fraction"], sm.get("t_max"))
+    if len(table) == 0:
+        raise InputError("diffusion.soft_modes: MMFF94 could not type any of the chosen training molecules")
+    return table
+
+
 def max_distance(mols: Molecules) -> float:
     """The largest interatomic distance (Å) in any molecule of ``mols`` (stored with the model:
     relaxation refuses structures more than twice as spread out)."""
@@ -299,6 +319,7 @@ def train(cfg: dict, out: str | Path) -> Path:
         d = cfg["data"]
         train_dl = loader(train_set, int(d["batch_size"]), True, int(d["num_workers"]))
         val_dl = loader(val_set, int(d["batch_size"]), False, int(d["num_workers"]))
+        task = DiffusionTask(cfg, info, soft_modes=soft_mode_table(cfg, train_set))
 
     # from here on, SIGTERM / Ctrl-C stop the run after the current step, writing what is done
     stop = StopRequest()
