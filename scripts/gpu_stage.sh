@@ -2,9 +2,11 @@
 # One training stage of a shipped model on a lent GPU, in calls of at most ~9 minutes that resume.
 #
 # Prepare once, on the CPU machine (repo root):
-#   bash scripts/gpu_stage.sh --prepare          # .whl/ (ase for Python 3.12), .cache/qm9_v1.npz
+#   bash scripts/gpu_stage.sh --prepare          # .whl/ (ase for Python 3.12), .cache/qm9_v1.npz,
+#                                                # .cache/soft_modes/ (the JT config's MMFF94 draws)
 # Then, with the device tool, as often as the device time allows (each call resumes the last):
-#   run(command="bash scripts/gpu_stage.sh jt 520", carry=[".cache", ".whl", "runs/gpu"], timeout_s=600)
+#   run(command="bash scripts/gpu_stage.sh jt 520",
+#       carry=[".cache/qm9_v1.npz", ".cache/soft_modes", ".whl", "runs/gpu"], timeout_s=600)
 # and after each call copy what came back into runs/gpu/<model>/ here (files_at is read-only):
 #   bash scripts/gpu_stage.sh --collect FILES_AT jt
 # When done, ship as usual: python scripts/ship_models.py runs/gpu/jt --hardware "1x H100, ..."
@@ -13,7 +15,8 @@
 # shipped MODEL.pt (ddpm/time: from jt.pt when MORERED_INIT=jt). Extra `morered train` options
 # go in MORERED_TRAIN_ARGS (e.g. "--set data.batch_size=256 --set optim.lr=3e-4").
 # A dry run on the CPU: PYTHON=.venv/bin/python MORERED_ACCELERATOR=cpu OUT=/tmp/gpu_out bash scripts/gpu_stage.sh jt 30
-# Data: the QM9 cache travels in .cache (34 MB), so the device needs no qm9pack and no network.
+# Data: the QM9 cache (35 MB) and the soft-mode draws (18 MB) travel in .cache, so the device needs
+# no qm9pack, no RDKit work and no network (carry is limited to 64 MiB in all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +29,26 @@ if [ "${1:-}" = "--prepare" ]; then
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "ase==${ase_version}"
   MORERED_CACHE=$PWD/.cache .venv/bin/python -c "from morered.data.qm9 import load_qm9; print(len(load_qm9()), 'QM9 molecules cached')"
-  du -sh .whl .cache
+  # the soft-mode table of the JT config (the same seed and training split as a run): only that file
+  MORERED_CACHE=$PWD/.cache .venv/bin/python - <<'PY'
+import shutil
+from morered.data.qm9 import cache_dir
+from morered.data.soft_modes import SoftModes
+from morered.training.config import load_config
+from morered.training.train import load_training_data, soft_mode_table
+cfg = load_config("src/morered/models/jt.yaml")
+table = soft_mode_table(cfg, load_training_data(cfg)[0])
+if table is not None:
+    keep = cache_dir() / "soft_modes"
+    for f in keep.glob("soft_modes-*.npz"):  # re-save in half precision, drop tables of other settings
+        t = SoftModes.load(f)
+        if len(t.ids) == len(table.ids) and (t.ids == table.ids).all():
+            t.save(f)
+        else:
+            f.unlink()
+    print(len(table), "molecules with soft-mode draws cached")
+PY
+  du -sh .whl .cache/qm9_v1.npz .cache/soft_modes
   exit 0
 fi
 

@@ -79,8 +79,12 @@ for run in map(Path, args):
     elif init_from and kind in record:  # a stage on top of the shipped model
         previous = record[kind]
         stages = previous.pop("stages", None) or [dict(previous)]
+        sets = ["optim.lr=" + str(config["optim"]["lr"])]
+        soft = (config.get("diffusion") or {}).get("soft_modes") or {}
+        if float(soft.get("fraction", 0)) > 0:  # soft-mode noise (morered.data.soft_modes)
+            sets += [f"diffusion.soft_modes.{k}={v}" for k, v in soft.items()]
         entry["command"] = (f"morered train --config src/morered/models/{kind}.yaml --init-from {init_from} "
-                            f"--out {run} " + " ".join(f"--set {k}" for k in ("optim.lr=" + str(config["optim"]["lr"]),)))
+                            f"--out {run} " + " ".join(f"--set {k}" for k in sets))
         entry["hardware"] = hardware
         entry["init_from"] = init_from
         stages.append(entry)
