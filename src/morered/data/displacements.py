@@ -79,25 +79,33 @@ def xtb_calculator(charge: int = 0, method: str = "GFN2-xTB", **kw):
     return TBLite(method=method, charge=charge, verbosity=0, **kw)
 
 
+def finite_difference_hessian(gradient, positions, step: float = 0.005) -> np.ndarray:
+    """Symmetrised Hessian ``[3n, 3n]`` by central differences of ``gradient(x [n, 3]) -> [3n]``
+    (6n calls), in the gradient's energy unit per Å²."""
+    x0 = np.asarray(positions, np.float64)
+    h = np.zeros((x0.size, x0.size))
+    for k in range(x0.size):
+        g = []
+        for s in (step, -step):
+            x = x0.copy().ravel()
+            x[k] += s
+            g.append(np.asarray(gradient(x.reshape(x0.shape)), np.float64).ravel())
+        h[:, k] = (g[0] - g[1]) / (2 * step)
+    return 0.5 * (h + h.T)
+
+
 def xtb_hessian(numbers, positions, step: float = 0.005, charge: int = 0) -> np.ndarray:
     """GFN2-xTB Hessian ``[3n, 3n]`` (eV/Å²) by central differences of tblite forces (6n calls)."""
     from ase import Atoms
 
-    x0 = np.asarray(positions, np.float64)
-    atoms = Atoms(numbers=np.asarray(numbers, int), positions=x0)
+    atoms = Atoms(numbers=np.asarray(numbers, int), positions=np.asarray(positions, np.float64))
     atoms.calc = xtb_calculator(charge=charge)
-    n = len(x0)
-    h = np.zeros((3 * n, 3 * n))
-    for i in range(n):
-        for c in range(3):
-            f = []
-            for s in (step, -step):
-                x = x0.copy()
-                x[i, c] += s
-                atoms.positions = x
-                f.append(atoms.get_forces().ravel())
-            h[:, 3 * i + c] = -(f[0] - f[1]) / (2 * step)
-    return 0.5 * (h + h.T)
+
+    def gradient(x):
+        atoms.positions = x
+        return -atoms.get_forces()
+
+    return finite_difference_hessian(gradient, positions, step)
 
 
 def xtb_minimize(numbers, positions, max_steps: int = 1000, fmax: float = 0.005, charge: int = 0, **opts):
@@ -324,25 +332,15 @@ def mmff_hessian(numbers, positions, step: float = 0.005, charge: int = 0) -> np
         raise ValueError(f"MMFF94 cannot type the molecule (bonds from {how})")
     conf = mol.GetConformer()
 
-    def grad(x):
+    def gradient(x):
         for a, p in enumerate(x):
             conf.SetAtomPosition(a, Point3D(*map(float, p)))
         ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props)
         if ff is None:
             raise ValueError("RDKit could not set up the MMFF94 force field")
-        return np.asarray(ff.CalcGrad(), np.float64)
+        return np.asarray(ff.CalcGrad(), np.float64) * KCAL_MOL_EV
 
-    n = len(x0)
-    h = np.zeros((3 * n, 3 * n))
-    for i in range(n):
-        for c in range(3):
-            g = []
-            for s in (step, -step):
-                x = x0.copy()
-                x[i, c] += s
-                g.append(grad(x))
-            h[:, 3 * i + c] = (g[0] - g[1]) / (2 * step) * KCAL_MOL_EV
-    return 0.5 * (h + h.T)
+    return finite_difference_hessian(gradient, x0, step)
 
 
 def mmff_minimize(numbers, positions, ref_positions, max_steps: int = 1000, charge: int = 0):
