@@ -132,3 +132,16 @@ def test_training_uses_soft_noise_and_validation_does_not(test_molecules):
         assert seen["mask"] is None
     finally:
         task_module.diffuse = orig
+
+
+def test_soft_modes_refused_for_a_force_field(tmp_path):
+    import pytest
+
+    from morered.errors import OptionError
+    from morered.training.train import train
+
+    cfg = tiny_config("forcefield", **{"diffusion.soft_modes": {"fraction": 0.5, "t_max": 300, "molecules": 10,
+                                                                "draws": 2}})
+    with pytest.raises(OptionError, match="soft_modes"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

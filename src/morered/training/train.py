@@ -84,8 +84,6 @@ def soft_mode_table(cfg: dict, train: Molecules):
     sm = cfg["diffusion"].get("soft_modes") or {}
     if float(sm.get("fraction", 0)) <= 0:
         return None
-    if cfg["model_type"] == "forcefield":
-        raise OptionError("diffusion.soft_modes applies to the diffusion models (jt, ddpm, time), not to forcefield")
     from morered.data.qm9 import cache_dir
     from morered.data.soft_modes import soft_modes_for
 
@@ -309,6 +307,9 @@ def train(cfg: dict, out: str | Path) -> Path:
     if cfg["model_type"] == "forcefield":
         from morered.training.forcefield import build_forcefield_run
 
+        if float((cfg["diffusion"].get("soft_modes") or {}).get("fraction", 0)) > 0:
+            raise OptionError("diffusion.soft_modes applies to the diffusion models (jt, ddpm, time), "
+                              "not to forcefield (DeNS is its noise option: --dens)")
         task, train_dl, val_dl, info = build_forcefield_run(cfg)
         skipped = []
         log.info("data: %s, %d train / %d val structures", info["name"], info["n_train"], info["n_val"])
