@@ -187,3 +187,131 @@ def test_train_forcefield_exports_and_resumes(tmp_path, dens):
     # resume: three more steps from last.ckpt
     train(tiny_config("forcefield", **{**over, "trainer.max_steps": 6}), tmp_path / "run")
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["global_step"] == 6
+
+
+def test_dense_kernel_is_the_same_function_as_the_edge_list():
+    """Energies, forces, the DeNS noise prediction and the training gradient (forces through a
+    second backward pass) agree between the representation's dense and edge-list kernels."""
+    m, b = model(), batch()
+    fi = torch.tensor(np.random.default_rng(3).normal(size=(9, 3)))
+    out = {}
+    for k in ("edges", "dense"):
+        m.kernel = k
+        m.zero_grad()
+        o = m(b, create_graph=True, force_input=fi)
+        (o[P.energy].sum() + (o[P.forces] ** 2).sum() + o[P.noise_pred].sum()).backward()
+        out[k] = [o[P.energy], o[P.forces], o[P.noise_pred]] + [p.grad.clone() for p in m.parameters()
+                                                               if p.grad is not None]
+    assert len(out["edges"]) == len(out["dense"]) > 3
+    for a, c in zip(out["edges"], out["dense"]):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-10)
+    m.kernel = "auto"
+    assert m.kernel == "auto"
+    with pytest.raises(ValueError, match="kernel must be"):
+        m.kernel = "fast"
+
+
+def springs(evaluate_calls=None):
+    """A cheap smooth potential (harmonic springs to the first atom plus a repulsion) as a batched
+    ``evaluate`` function, to compare the batched L-BFGS with ASE's."""
+
+    def energy_forces(x):
+        x = torch.tensor(x, requires_grad=True)
+        d = torch.linalg.vector_norm(x[1:] - x[0], dim=-1)
+        pair = torch.pdist(x)
+        e = 0.5 * ((d - 1.1) ** 2).sum() + 0.05 * (1.0 / pair**6).sum()
+        (g,) = torch.autograd.grad(e, x)
+        return e.item(), -g.numpy()
+
+    def evaluate(structures):
+        if evaluate_calls is not None:
+            evaluate_calls.append(len(structures))
+        res = [energy_forces(np.asarray(x, np.float64)) for _, x in structures]
+        return np.array([e for e, _ in res]), [f for _, f in res]
+
+    return evaluate
+
+
+def test_batched_lbfgs_takes_ases_lbfgs_steps():
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.optimize import LBFGS
+
+    from morered.forcefield.optimize import batched_lbfgs
+
+    calls = []
+    evaluate = springs(calls)
+
+    class Springs(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            e, f = evaluate([(None, self.atoms.positions)])
+            self.results = {"energy": e[0], "forces": f[0]}
+
+    g = np.random.default_rng(0)
+    structures = [(np.full(n, 6), g.normal(size=(n, 3)) * 1.5) for n in (3, 5, 7, 4)]
+    calls.clear()
+    out = batched_lbfgs(evaluate, structures, fmax=1e-3, max_steps=60)
+    batched_calls = list(calls)
+    assert batched_calls[0] == 4 and max(batched_calls[1:]) <= 4 and len(batched_calls) <= 61
+    steps = []
+    for (z, x), o in zip(structures, out):
+        a = Atoms(numbers=z, positions=x)
+        a.calc = Springs()
+        opt = LBFGS(a, logfile=None)
+        converged = opt.run(fmax=1e-3, steps=60)
+        assert (o.steps, o.converged) == (opt.nsteps, converged)
+        np.testing.assert_allclose(o.positions, a.positions, atol=1e-10)
+        assert o.error is None and o.energy == pytest.approx(a.get_potential_energy(), abs=1e-12)
+        steps.append(o.steps)
+    assert min(steps) > 3 and any(o.converged for o in out)
+    # a step cap stops without convergence, as ASE's steps=
+    capped = batched_lbfgs(evaluate, structures, fmax=1e-6, max_steps=2)
+    assert all(o.steps == 2 and not o.converged for o in capped)
+
+
+def test_batched_lbfgs_stops_a_broken_structure_and_goes_on():
+    from morered.forcefield.optimize import batched_lbfgs
+
+    good = springs()
+
+    def evaluate(structures):
+        e, f = good(structures)
+        for k, (z, _) in enumerate(structures):
+            if z[0] == 9:  # "unsupported": NaN forces
+                f[k] = np.full_like(f[k], np.nan)
+        return e, f
+
+    g = np.random.default_rng(1)
+    structures = [(np.full(4, 6), g.normal(size=(4, 3))), (np.full(4, 9), g.normal(size=(4, 3))),
+                  (np.full(5, 6), g.normal(size=(5, 3)))]
+    out = batched_lbfgs(evaluate, structures, fmax=1e-3, max_steps=100)
+    assert out[1].positions is None and "non-finite" in out[1].error and out[1].steps == 0
+    assert all(out[k].error is None and out[k].converged for k in (0, 2))
+    with pytest.raises(ValueError, match="fmax"):
+        batched_lbfgs(evaluate, structures, fmax=0)
+
+
+def test_calculator_relaxes_many_structures_at_once():
+    """ForceField.relax: batched, and the same path as ASE's L-BFGS with the same calculator."""
+    from ase import Atoms
+    from ase.optimize import LBFGS
+
+    from morered.calculators import ForceField as Calc
+
+    m = model(dens=False)
+    b = batch()
+    x = b[P.R].numpy()
+    structures = [(b[P.Z].numpy()[:5], x[:5]), (b[P.Z].numpy()[5:], x[5:])]
+    calc = Calc(m)
+    out = calc.relax(structures, fmax=0.05, max_steps=40)
+    _, f1 = calc.evaluate([(z, o.positions) for (z, _), o in zip(structures, out)])
+    for (z, x0), o, f in zip(structures, out, f1):
+        assert o.converged == (np.linalg.norm(f, axis=1).max() < 0.05) and o.steps > 0
+        a = Atoms(numbers=z, positions=x0)
+        a.calc = calc
+        opt = LBFGS(a, logfile=None)
+        assert opt.run(fmax=0.05, steps=40) == o.converged and opt.nsteps == o.steps
+        np.testing.assert_allclose(o.positions, a.positions, atol=1e-8)

@@ -16,7 +16,8 @@ from morered.evaluation.baselines import BASELINES, BaselineResult, available, o
 from morered.evaluation.geometry import geometry_errors
 from morered.evaluation.inputs import (KINDS_HELP, Structures, input_settings, is_kind, make_inputs, qm7x_inputs,
                                       qm9_references, read_user_inputs)
-from morered.evaluation.peers import PEERS, RELAX as PEER_RELAX, peer_available
+from morered.evaluation.peers import BATCHED as BATCHED_PEERS, OPTIMIZERS as PEER_OPTIMIZERS, PEERS, RELAX as PEER_RELAX
+from morered.evaluation.peers import peer_available, relax_batched
 from morered.evaluation.report import summarize, write_report
 from morered.evaluation.rmsd import heavy_atoms, is_failure, kabsch_rmsd, rmsd_ratio
 from morered.sampling.api import relax, resolve_model
@@ -76,6 +77,11 @@ def _morered_models(variants, model, time_model):
 
 
 def _run_baseline(method, inputs: Structures, refs: Structures, valid, max_steps, fmax, progress):
+    if method in BATCHED_PEERS:  # all structures at once, ASE's L-BFGS steps (peers.relax_batched)
+        t0 = time.perf_counter()
+        results = relax_batched(method, [inputs.numbers[k] for k in valid], [inputs.positions[k] for k in valid],
+                                max_steps, fmax, progress=progress)
+        return results, time.perf_counter() - t0, 1
     fn = BASELINES[method] if method in BASELINES else PEER_RELAX[method]
     opts = {"fmax": fmax} if method == "xtb" or method in PEERS else {}
     it = valid
@@ -412,6 +418,10 @@ def run_relax_benchmark(
                        f"{dft_store.path or 'memory'}")
     if screens:
         meta["energy screens"] = ", ".join(screens)
+    peers_run = [m for m in methods if m in PEERS and m not in skipped]
+    if peers_run:
+        meta["ML force-field optimizers"] = "; ".join(f"{m}: {PEER_OPTIMIZERS[m]}" for m in peers_run) + (
+            f" (fmax {fmax} eV/Å, max_steps {max_steps}, as GFN2-xTB)")
     meta["bond graph"] = "from the reference by covalent radii (d < 1.2 (r_i + r_j), ASE radii)"
     files = write_report(rows, out, meta, timings, skipped, missing)
     _log(progress, f"report in {out}: {', '.join(files)}")

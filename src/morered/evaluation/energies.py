@@ -241,6 +241,19 @@ def screen_available(name: str) -> tuple[bool, str]:
     return peer_available(name)
 
 
+def ani_input(numbers_list, positions_list):
+    """torchani's padded input ``(species [B, n] with -1 padding, coordinates [B, n, 3] float64)``."""
+    import torch
+
+    width = max(len(z) for z in numbers_list)
+    species = torch.full((len(numbers_list), width), -1, dtype=torch.long)
+    coords = torch.zeros((len(numbers_list), width, 3), dtype=torch.float64)
+    for i, (z, x) in enumerate(zip(numbers_list, positions_list)):
+        species[i, :len(z)] = torch.as_tensor(np.asarray(z, np.int64))
+        coords[i, :len(z)] = torch.as_tensor(np.asarray(x, np.float64))
+    return species, coords
+
+
 def ani_energies(numbers_list, positions_list, model: str = "ani1x", batch_size: int = 256) -> np.ndarray:
     """ANI single-point energies (Hartree) of many structures, batched (padding with species -1).
 
@@ -265,13 +278,7 @@ def ani_energies(numbers_list, positions_list, model: str = "ani1x", batch_size:
           if x is not None and set(int(v) for v in z) <= allowed and np.isfinite(x).all()]
     for b in range(0, len(ok), batch_size):
         idx = ok[b:b + batch_size]
-        width = max(len(numbers_list[k]) for k in idx)
-        species = torch.full((len(idx), width), -1, dtype=torch.long)
-        coords = torch.zeros((len(idx), width, 3), dtype=torch.float64)
-        for i, k in enumerate(idx):
-            n = len(numbers_list[k])
-            species[i, :n] = torch.as_tensor(np.asarray(numbers_list[k], np.int64))
-            coords[i, :n] = torch.as_tensor(np.asarray(positions_list[k], np.float64))
+        species, coords = ani_input([numbers_list[k] for k in idx], [positions_list[k] for k in idx])
         with torch.no_grad():
             e = net((species, coords)).energies
         out[idx] = e.numpy()

@@ -79,3 +79,19 @@ class ForceField(Calculator):
             n = b[P.n_atoms].cpu().numpy()
             forces.extend(np.split(f, np.cumsum(n)[:-1]))
         return np.array(energies), forces
+
+    def relax(self, structures, fmax: float = 0.005, max_steps: int = 1000, batch_size: int = 128,
+              progress: bool = False, **lbfgs):
+        """Relax many structures at once with ASE's L-BFGS (:func:`morered.forcefield.optimize.batched_lbfgs`:
+        the same steps as ``ase.optimize.LBFGS`` per structure, one batched evaluation per iteration).
+
+        >>> results = ForceField("mlff").relax(list_of_atoms, fmax=0.005)
+        >>> results[0].positions, results[0].converged
+
+        Returns:
+            one :class:`morered.forcefield.optimize.Relaxed` per structure, in input order.
+        """
+        from morered.forcefield.optimize import batched_lbfgs
+
+        return batched_lbfgs(lambda part: self.evaluate(part, batch_size=batch_size), structures, fmax=fmax,
+                             max_steps=max_steps, progress=progress, **lbfgs)

@@ -31,6 +31,7 @@ from morered import properties as P
 from morered.data.batch import batch_edges
 from morered.nn.blocks import RADIAL, Dense, cosine_cutoff, mlp
 from morered.nn.heads import GatedEquivariantBlock
+from morered.nn.model import KernelChoice, use_dense_kernel
 from morered.nn.painn import PaiNN, PaiNNInteraction, PaiNNMixing
 
 REPRESENTATIONS = {"painn": PaiNN}
@@ -80,10 +81,15 @@ class ForceField(nn.Module):
         dens: build the force input's noise head (the force-input block exists either way).
         graph: ``full`` or ``radius`` (``graph_cutoff`` Å, default the representation cutoff).
         max_z: largest atomic number (size of the offset table).
+        kernel: the representation's kernel, as :class:`morered.nn.model.DiffusionModel`'s:
+            ``auto`` (dense on all-pair graphs: 2-3x faster forces and force training on QM9 batches,
+            same function), ``dense`` or ``edges``. Not a weight: model files do not store it.
     """
 
+    kernel = KernelChoice()
+
     def __init__(self, representation: dict | None = None, head_layers: int = 2, dens: bool = False,
-                 graph: str = "full", graph_cutoff: float | None = None, max_z: int = 100):
+                 graph: str = "full", graph_cutoff: float | None = None, max_z: int = 100, kernel: str = "auto"):
         super().__init__()
         rep = dict(representation or {})
         name = rep.pop("name", "painn")
@@ -103,14 +109,20 @@ class ForceField(nn.Module):
         self.graph = graph
         self.graph_cutoff = graph_cutoff if graph_cutoff is not None else cutoff
         self.cutoff = cutoff
+        self.kernel = kernel
         self.register_buffer("element_energy", torch.zeros(max_z + 1, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
 
     def edges(self, batch):
         return batch_edges(batch, self.graph, self.graph_cutoff)
 
-    def features(self, Z, R, edges, force_input=None):
-        s, v = self.representation(Z, R, edges)
+    def features(self, Z, R, edges, force_input=None, n_atoms=None):
+        """Atom features after the representation, the force input and the last message block;
+        ``n_atoms`` (atoms per molecule, on an all-pair graph) takes the representation's dense kernel."""
+        if n_atoms is not None:
+            s, v = self.representation.forward_dense(Z, R, n_atoms)
+        else:
+            s, v = self.representation(Z, R, edges)
         if force_input is not None:
             s, v = self.force_input(s, v, force_input.to(R.dtype) / self.scale.to(R.dtype))
         i, j = edges[0], edges[1]
@@ -130,7 +142,9 @@ class ForceField(nn.Module):
         if forces and not R.requires_grad:
             R = R.detach().requires_grad_(True)
         Z, idx_m = batch[P.Z], batch[P.idx_m]
-        s, v = self.features(Z, R, self.edges({**batch, P.R: R}), force_input)
+        dense = use_dense_kernel(self, batch)
+        s, v = self.features(Z, R, self.edges({**batch, P.R: R}), force_input,
+                             batch[P.n_atoms] if dense else None)
         e_atom = self.energy_head(s)[:, 0] * self.scale.to(dtype) + self.element_energy[Z].to(dtype)
         n_mol = len(batch[P.n_atoms])
         energy = torch.zeros(n_mol, dtype=dtype, device=R.device).index_add(0, idx_m, e_atom)

@@ -35,6 +35,33 @@ def _fill_time(t_norm: torch.Tensor | None, t_pred: torch.Tensor | None) -> torc
     return own if t_norm is None else torch.where(torch.isnan(t_norm), own.to(t_norm.dtype), t_norm)
 
 
+class KernelChoice:
+    """The ``kernel`` attribute of a model: ``auto``, ``dense`` or ``edges`` (checked on assignment)."""
+
+    def __set_name__(self, owner, name):
+        self.attr = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(obj, self.attr)
+
+    def __set__(self, obj, value: str) -> None:
+        if value not in ("auto", "dense", "edges"):
+            raise ValueError(f"kernel must be 'auto', 'dense' or 'edges', not {value!r}")
+        object.__setattr__(obj, self.attr, value)
+
+
+def use_dense_kernel(model, batch) -> bool:
+    """Whether ``model.representation`` may take its dense (all pairs in each molecule) kernel for
+    ``batch``: not with given edges, ``kernel="edges"`` or a representation without one; with
+    ``kernel="auto"`` only where it computes the same function (the full graph, or a radius graph
+    at least as wide as the representation's cutoff)."""
+    if P.edges in batch or model.kernel == "edges" or not getattr(model.representation, "supports_dense", False):
+        return False
+    if model.kernel == "dense":
+        return True
+    return model.graph == "full" or model.graph_cutoff >= model.representation.cutoff
+
+
 class DiffusionModel(nn.Module):
     """Representation + optional noise head + optional time head.
 
@@ -74,23 +101,11 @@ class DiffusionModel(nn.Module):
         self.graph_cutoff = graph_cutoff if graph_cutoff is not None else self.representation.cutoff
         self.kernel = kernel
 
-    @property
-    def kernel(self) -> str:
-        return self._kernel
-
-    @kernel.setter
-    def kernel(self, value: str) -> None:
-        if value not in ("auto", "dense", "edges"):
-            raise ValueError(f"kernel must be 'auto', 'dense' or 'edges', not {value!r}")
-        self._kernel = value
+    kernel = KernelChoice()
 
     def use_dense(self, batch) -> bool:
         """Whether :meth:`represent` takes the dense kernel for this batch."""
-        if P.edges in batch or self.kernel == "edges" or not getattr(self.representation, "supports_dense", False):
-            return False
-        if self.kernel == "dense":
-            return True
-        return self.graph == "full" or self.graph_cutoff >= self.representation.cutoff
+        return use_dense_kernel(self, batch)
 
     def represent(self, batch: dict):
         """``(s [n_atoms, F], v [n_atoms, 3, F])`` of the representation, by the chosen kernel."""
