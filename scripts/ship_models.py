@@ -43,8 +43,10 @@ record = json.loads((models / "trained.json").read_text()) if (models / "trained
 for run in map(Path, args):
     ckpt = torch.load(run / "best.pt", weights_only=True)
     kind = ckpt["model_type"]
-    summary = json.loads((run / "summary.json").read_text())
     config = ckpt.get("config", {})
+    if kind == "forcefield":  # shipped under the benchmark's method names (morered.forcefield.calculator.SHIPPED)
+        kind = "mlff_dens" if (config.get("forcefield") or {}).get("dens") else "mlff"
+    summary = json.loads((run / "summary.json").read_text())
     init_from = config.get("init_from")
     shutil.copyfile(run / "best.pt", models / f"{kind}.pt")
     entry = {
@@ -62,7 +64,10 @@ for run in map(Path, args):
         "val_loss_history": val_history(run),
     }
     source = torch.load(init_from, weights_only=True) if init_from and Path(init_from).exists() else None
-    if init_from and source is not None and (source["model_type"] != kind
+    source_kind = source and source["model_type"]
+    if source_kind == "forcefield":
+        source_kind = "mlff_dens" if (source.get("config", {}).get("forcefield") or {}).get("dens") else "mlff"
+    if init_from and source is not None and (source_kind != kind
                                             or source["model_args"]["representation"]
                                             != ckpt["model_args"]["representation"]):
         # a new network started from another model's parts (e.g. the AS/ITP pair from the JT
@@ -98,6 +103,11 @@ for run in map(Path, args):
         }
     else:
         entry["hardware"] = hardware
+        if kind.startswith("mlff"):  # the labels are an input of the command (morered label, not committed)
+            sets = [f"forcefield.labels={Path(config['forcefield']['labels']).name}"]
+            entry["command"] = (f"morered train --config src/morered/models/{kind}.yaml --out {run} --max-time <budget> "
+                                + " ".join(f"--set {k}" for k in sets))
+            entry["labels"] = summary["dataset"].get("label_settings")
         record[kind] = entry
     print(kind, {k: v for k, v in record[kind].items() if k not in ("stages", "val_loss_history")})
 (models / "trained.json").write_text(json.dumps(record, indent=2) + "\n")

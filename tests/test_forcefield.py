@@ -315,3 +315,26 @@ def test_calculator_relaxes_many_structures_at_once():
         opt = LBFGS(a, logfile=None)
         assert opt.run(fmax=0.05, steps=40) == o.converged and opt.nsteps == o.steps
         np.testing.assert_allclose(o.positions, a.positions, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["mlff", "mlff-dens"])
+def test_shipped_force_fields_load_and_relax(name):
+    """The shipped PaiNN force fields (GFN2-xTB labels) load by name, are rotation-consistent and
+    bring a displaced QM9 molecule's forces down."""
+    from morered.calculators import ForceField as Calc
+    from morered.evaluation.inputs import qm9_references
+    from morered.evaluation.peers import peer_available
+
+    assert peer_available(name) == (True, "")
+    calc = Calc(name)
+    assert (calc.model.noise_head is not None) == (name == "mlff-dens")
+    ref = qm9_references(1, 0)
+    z, x = ref.numbers[0], ref.positions[0]
+    x0 = x + np.random.default_rng(0).normal(0, 0.05, x.shape)
+    Q = rotation(2).numpy()
+    (e0, e1), (f0, f1) = calc.evaluate([(z, x0), (z, x0 @ Q.T)])
+    assert e0 == pytest.approx(e1, abs=1e-8)
+    np.testing.assert_allclose(f1, f0 @ Q.T, atol=1e-8)
+    (out,) = calc.relax([(z, x0)], fmax=0.01, max_steps=300)
+    _, (f,) = calc.evaluate([(z, out.positions)])
+    assert out.error is None and np.linalg.norm(f, axis=1).max() < min(0.05, np.linalg.norm(f0, axis=1).max())
