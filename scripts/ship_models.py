@@ -32,6 +32,14 @@ def val_history(run: Path) -> list[list[float]]:
     return sorted(rows)
 
 
+def shipped_name(ckpt: dict) -> str:
+    """File stem a model ships under: its model type; force fields under the benchmark's method
+    names (``mlff``, ``mlff_dens``; morered.forcefield.calculator.SHIPPED)."""
+    if ckpt["model_type"] != "forcefield":
+        return ckpt["model_type"]
+    return "mlff_dens" if ((ckpt.get("config") or {}).get("forcefield") or {}).get("dens") else "mlff"
+
+
 args = sys.argv[1:]
 hardware = None
 if "--hardware" in args:
@@ -42,10 +50,8 @@ models = Path(__file__).resolve().parents[1] / "src" / "morered" / "models"
 record = json.loads((models / "trained.json").read_text()) if (models / "trained.json").exists() else {}
 for run in map(Path, args):
     ckpt = torch.load(run / "best.pt", weights_only=True)
-    kind = ckpt["model_type"]
+    kind = shipped_name(ckpt)
     config = ckpt.get("config", {})
-    if kind == "forcefield":  # shipped under the benchmark's method names (morered.forcefield.calculator.SHIPPED)
-        kind = "mlff_dens" if (config.get("forcefield") or {}).get("dens") else "mlff"
     summary = json.loads((run / "summary.json").read_text())
     init_from = config.get("init_from")
     shutil.copyfile(run / "best.pt", models / f"{kind}.pt")
@@ -64,9 +70,7 @@ for run in map(Path, args):
         "val_loss_history": val_history(run),
     }
     source = torch.load(init_from, weights_only=True) if init_from and Path(init_from).exists() else None
-    source_kind = source and source["model_type"]
-    if source_kind == "forcefield":
-        source_kind = "mlff_dens" if (source.get("config", {}).get("forcefield") or {}).get("dens") else "mlff"
+    source_kind = source and shipped_name(source)
     if init_from and source is not None and (source_kind != kind
                                             or source["model_args"]["representation"]
                                             != ckpt["model_args"]["representation"]):

@@ -110,6 +110,14 @@ def peer_available(method: str) -> tuple[bool, str]:
     return False, f"unknown peer {method!r}; choose from {PEERS}"
 
 
+def unsupported(method: str, numbers) -> str | None:
+    """Why ``method`` cannot take a structure with these atomic numbers (elements outside its
+    training set), or None."""
+    allowed = ELEMENTS.get(method)
+    bad = sorted(set(int(z) for z in numbers) - allowed) if allowed is not None else []
+    return f"{method} does not support elements {bad}" if bad else None
+
+
 def relax_peer(method: str, numbers, positions, ref_positions=None, max_steps: int = 1000, fmax: float = 0.005,
                **opts) -> BaselineResult:
     """L-BFGS with the method's calculator until max |F| < ``fmax`` eV/Å or ``max_steps``."""
@@ -118,10 +126,9 @@ def relax_peer(method: str, numbers, positions, ref_positions=None, max_steps: i
         from ase import Atoms
         from ase.optimize import LBFGS
 
-        allowed = ELEMENTS.get(method)
-        bad = sorted(set(int(z) for z in numbers) - allowed) if allowed is not None else []
-        if bad:
-            raise ValueError(f"{method} does not support elements {bad}")
+        why = unsupported(method, numbers)
+        if why:
+            raise ValueError(why)
         atoms = Atoms(numbers=np.asarray(numbers, int), positions=np.asarray(positions, np.float64))
         atoms.calc = _calculator(method)
         opt = LBFGS(atoms, logfile=None)
@@ -137,7 +144,7 @@ def relax_peer(method: str, numbers, positions, ref_positions=None, max_steps: i
 def batched_evaluate(method: str):
     """``evaluate([(numbers, positions), ...]) -> (energies eV, [forces eV/Å])`` of a batchable peer.
 
-    The PaiNN force fields in float32 (forces are all L-BFGS uses; float32 is ~3x faster on a CPU
+    The PaiNN force fields in float32 (forces are all L-BFGS uses; float32 is 2-3x faster on a CPU
     and its force noise, ~1e-5 eV/Å, is far below any fmax used here); ANI in float64.
     """
     import torch
@@ -175,13 +182,12 @@ def relax_batched(method: str, numbers_list, positions_list, max_steps: int = 10
     from morered.forcefield.optimize import batched_lbfgs
 
     t0 = time.perf_counter()
-    allowed = ELEMENTS.get(method)
     results: list[BaselineResult | None] = [None] * len(numbers_list)
     run = []
     for k, z in enumerate(numbers_list):
-        bad = sorted(set(int(v) for v in z) - allowed) if allowed is not None else []
-        if bad:
-            results[k] = BaselineResult(None, 0, False, 0.0, f"ValueError: {method} does not support elements {bad}")
+        why = unsupported(method, z)
+        if why:
+            results[k] = BaselineResult(None, 0, False, 0.0, f"ValueError: {why}")
         else:
             run.append(k)
     if run:
