@@ -44,6 +44,8 @@ def main():
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--model", default=None)
     p.add_argument("--variant", default="jt")
+    p.add_argument("--time-model", default=None,
+                   help="separate time predictor paired with --model (AS / ITP), e.g. runs/time_soft/best.pt")
     p.add_argument("--kinds", default="diffused_50,diffused_100,diffused_150,xtb_min")
     p.add_argument("--rule", action="append", default=[], help="NAME:key=value,... (relax() keywords)")
     p.add_argument("--max-steps", type=int, default=1000)
@@ -60,7 +62,7 @@ def main():
     mols = load_qm9()
     val_ids = np.random.default_rng(0).permutation(split_ids(mols)["val"])[: args.n]
     refs = Structures.from_molecules(mols.select_ids(val_ids), kind="reference")
-    model = resolve_model(args.model, args.variant)
+    model = resolve_model(args.model, args.variant, time_model=args.time_model)
     table = []
     for kind in args.kinds.split(","):
         inp = make_inputs(kind, refs, seed=0, temperature=args.temperature)

@@ -156,8 +156,6 @@ def resolve_model(model, variant: str, device="cpu", time_model=None) -> LoadedM
         tm = time_model if isinstance(time_model, LoadedModel) else load_model(time_model, device)
         tm.model.to(device)
         lm = pair(lm, tm)
-    if variant not in VARIANTS:
-        raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
     if not lm.has_noise:
         raise ModelError(f"{lm.source} is a time-only model: relaxation needs a noise model")
     if variant in ("jt", "as", "itp") and not lm.has_time:
