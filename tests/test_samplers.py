@@ -98,6 +98,7 @@ def _run(variant, model, mols, callback=None, **kw):
     and the plateau rule of the defaults are off unless a test asks for them."""
     kw.setdefault("tail_t", 0)
     kw.setdefault("eq_tail_t", 0)
+    kw.setdefault("tail_scale", 0.0)
     kw.setdefault("jump", 0.0)
     kw.setdefault("patience", 0)
     return SAMPLERS[variant](model, mols, SCHEDULE, SamplerOptions(**kw), callback)
@@ -562,6 +563,37 @@ def test_eq_tail_gives_inputs_at_equilibrium_their_own_short_tail(test_molecules
     one = _run("jt", StubModel({n[0]: [8], n[1]: [40, 0]}), mols, t_conv=0, t_eq=10, max_steps=100)
     assert one[0].trajectory_t == [8] and one[0].steps == 1
     assert np.abs(res[0].positions - one[0].positions).max() > 1e-6
+
+
+def test_tail_scale_starts_each_tail_from_its_own_first_prediction(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:4]
+    n = [len(z) for z, _ in mols]
+    # first predictions 4 (small), 8, 12 and 30 (large); t_eq off, so every molecule relaxes
+    model = StubModel({n[0]: [4, 0], n[1]: [8, 0], n[2]: [12, 0], n[3]: [30, 0]})
+    kw = dict(t_conv=0, t_eq=-1, tail_t=6, tail_steps=3, max_steps=100)
+    res = _run("jt", model, mols, tail_scale=1.5, tail_t_max=14, **kw)
+    # start = clamp(round(1.5 t0), 6, 14), in 3 jumps of ceil(start / 3)
+    assert res[0].trajectory_t == [4, 0, 6, 4, 2]        # 1.5 * 4 = 6 -> tail_t (the floor)
+    assert res[1].trajectory_t == [8, 0, 12, 8, 4]       # 1.5 * 8 = 12, stride 4
+    assert res[2].trajectory_t == [12, 0, 14, 9, 4]      # 18 clamped to tail_t_max 14, stride 5
+    assert res[3].trajectory_t == [30, 0, 14, 9, 4]
+    # off (tail_scale 0): every molecule takes the fixed tail from tail_t, as before
+    fixed = _run("jt", StubModel({n[0]: [4, 0], n[1]: [8, 0], n[2]: [12, 0], n[3]: [30, 0]}), mols, **kw)
+    assert all(r.trajectory_t[2:] == [6, 4, 2] for r in fixed)
+    # a longer tail moved the molecule differently from the fixed one
+    assert np.abs(res[1].positions - fixed[1].positions).max() > 1e-6
+
+
+def test_tail_scale_is_checked_before_any_work():
+    from morered.errors import OptionError
+    from morered.sampling.api import check_relax_options
+
+    for bad in (-0.5, 11.0, True, "1.5"):
+        with pytest.raises(OptionError, match="--tail-scale"):
+            check_relax_options(tail_scale=bad)
+    with pytest.raises(OptionError, match="--tail-t-max"):
+        check_relax_options(tail_t_max=-1)
+    check_relax_options(tail_scale=1.5, tail_t_max=200)
 
 
 def test_max_steps_is_said_as_such(test_molecules):

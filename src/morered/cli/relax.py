@@ -8,7 +8,7 @@ from morered.cli.common import (EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT
                                 add_model_flags, check_output_dir, check_output_file, int_at_least,
                                 nonneg_int, positive_int, read_inputs)
 from morered.errors import OptionError
-from morered.sampling.samplers import (DEFAULT_EQ_TAIL_T, DEFAULT_JUMP, DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, DEFAULT_TAIL_STEPS,
+from morered.sampling.samplers import (DEFAULT_EQ_TAIL_T, DEFAULT_JUMP, DEFAULT_TAIL_SCALE, DEFAULT_TAIL_T_MAX, DEFAULT_PATIENCE, DEFAULT_T_CONV, DEFAULT_T_EQ, DEFAULT_TAIL_STEPS,
                                       DEFAULT_TAIL_T, STOP_REASONS)
 
 #: structures relaxed per call of the sampler, in batches: Ctrl-C finishes the chunk in flight
@@ -43,6 +43,11 @@ def add_parser(sub):
                    "the fixed deterministic schedule from this step to 0 (0: off; default: %d)" % DEFAULT_TAIL_T)
     p.add_argument("--tail-steps", type=int, default=None, help="AS/JT: DDIM jumps of that tail (0: one step at a "
                    "time; default: %d)" % DEFAULT_TAIL_STEPS)
+    p.add_argument("--tail-scale", type=float, default=None, help="AS/JT: start each molecule's tail at "
+                   "TAIL_SCALE x its first predicted step, clamped to [--tail-t, --tail-t-max] (0: always from "
+                   "--tail-t; default: %g)" % DEFAULT_TAIL_SCALE)
+    p.add_argument("--tail-t-max", type=int, default=None, help="AS/JT: the latest tail start with --tail-scale "
+                   "(default: %d)" % DEFAULT_TAIL_T_MAX)
     p.add_argument("--eq-tail-t", type=int, default=None, help="AS/JT: an input already at equilibrium (first "
                    "predicted step <= --t-eq) takes the fixed tail from this step instead of one mean step "
                    "(0: off; default: %d)" % DEFAULT_EQ_TAIL_T)
@@ -124,7 +129,8 @@ def check_args(args, torchrun: bool = False) -> int:
     check_relax_options(variant=args.variant, max_steps=args.max_steps, t_conv=_t_conv(args), patience=args.patience,
                         t_eq=args.t_eq, t_start=args.t_start, final_step=args.final_step,
                         batch_size=args.batch_size or 1, max_atoms=args.max_atoms, tail_t=args.tail_t,
-                        tail_steps=args.tail_steps, jump=args.jump, eq_tail_t=args.eq_tail_t)
+                        tail_steps=args.tail_steps, jump=args.jump, eq_tail_t=args.eq_tail_t,
+                        tail_scale=args.tail_scale, tail_t_max=args.tail_t_max)
     if torchrun and (args.shard or args.devices is not None):
         raise OptionError("under torchrun every process relaxes shard RANK/WORLD_SIZE and rank 0 merges them "
                           "into -o: leave out --shard and --devices")
@@ -192,7 +198,7 @@ def relax_shard(args):
                 max_steps=args.max_steps, t_conv=t_conv, t_start=args.t_start, stochastic=args.stochastic,
                 batch_size=batch_size, final_step=args.final_step, patience=args.patience, t_eq=args.t_eq,
                 tail_t=args.tail_t, tail_steps=args.tail_steps, jump=args.jump, eq_tail_t=args.eq_tail_t,
-                device=args.device,
+                tail_scale=args.tail_scale, tail_t_max=args.tail_t_max, device=args.device,
                 max_atoms=args.max_atoms, progress=bar.update if bar is not None else False)
     finally:
         if bar is not None:

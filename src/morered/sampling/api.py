@@ -91,7 +91,8 @@ def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: i
                         patience: int = DEFAULT_PATIENCE, t_eq: int = DEFAULT_T_EQ, t_start: int | None = None,
                         final_step: str | None = None, batch_size: int = 128, T: int | None = None,
                         max_atoms: int | None = None, tail_t: int | None = None, tail_steps: int | None = None,
-                        jump: float | None = None, eq_tail_t: int | None = None) -> None:
+                        jump: float | None = None, eq_tail_t: int | None = None,
+                        tail_scale: float | None = None, tail_t_max: int | None = None) -> None:
     """:class:`OptionError` naming the first option out of range (before any work)."""
     if variant not in VARIANTS:
         raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -100,9 +101,13 @@ def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: i
     for name, value, lo in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {lo}, not {value!r}")
-    for name, value in (("tail_t", tail_t), ("tail_steps", tail_steps), ("eq_tail_t", eq_tail_t)):
+    for name, value in (("tail_t", tail_t), ("tail_steps", tail_steps), ("eq_tail_t", eq_tail_t),
+                        ("tail_t_max", tail_t_max)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
             raise OptionError(f"--{name.replace('_', '-')} must be an integer >= 0, not {value!r}")
+    if tail_scale is not None and not (isinstance(tail_scale, (int, float)) and not isinstance(tail_scale, bool)
+                                       and 0.0 <= float(tail_scale) <= 10.0):
+        raise OptionError(f"--tail-scale must be a number in [0, 10], not {tail_scale!r}")
     if jump is not None and not (isinstance(jump, (int, float)) and 0.0 <= float(jump) < 1.0):
         raise OptionError(f"--jump must be in [0, 1), not {jump!r}")
     if max_atoms is not None and (not isinstance(max_atoms, (int, np.integer)) or max_atoms < 2):
@@ -201,6 +206,8 @@ def relax(
     tail_steps: int | None = None,
     jump: float | None = None,
     eq_tail_t: int | None = None,
+    tail_scale: float | None = None,
+    tail_t_max: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
@@ -229,6 +236,8 @@ def relax(
         tail_t, tail_steps, jump, eq_tail_t: AS/JT end-of-relaxation tail, adaptive DDIM jumps and
             the tail of inputs already at equilibrium (see
             :class:`~morered.sampling.samplers.SamplerOptions`; default: its defaults).
+        tail_scale, tail_t_max: AS/JT, a tail start per molecule from its first predicted step,
+            ``clamp(round(tail_scale * t0), tail_t, tail_t_max)`` (default 0: the fixed ``tail_t``).
         batch_size: structures evaluated together; seed: noise seed; device: ``cpu`` / ``cuda``.
         trajectory: also return positions after every step.
         min_distance: atoms closer than this (Å) make a structure invalid (default 0.3).
@@ -246,7 +255,8 @@ def relax(
     single = not isinstance(structures, (list, tuple))
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
                         t_start=t_start, final_step=final_step, batch_size=batch_size, max_atoms=max_atoms,
-                        tail_t=tail_t, tail_steps=tail_steps, jump=jump, eq_tail_t=eq_tail_t)
+                        tail_t=tail_t, tail_steps=tail_steps, jump=jump, eq_tail_t=eq_tail_t,
+                        tail_scale=tail_scale, tail_t_max=tail_t_max)
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
     lm = resolve_model(model, variant, device, time_model)
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
@@ -265,7 +275,8 @@ def relax(
                           patience=patience, t_eq=t_eq,
                           batch_size=batch_size, seed=seed, device=device,
                           **{k: v for k, v in (("tail_t", tail_t), ("tail_steps", tail_steps), ("jump", jump),
-                                                 ("eq_tail_t", eq_tail_t)) if v is not None})
+                                                 ("eq_tail_t", eq_tail_t), ("tail_scale", tail_scale),
+                                                 ("tail_t_max", tail_t_max)) if v is not None})
     mols = [(atoms_list[k].numbers, atoms_list[k].positions) for k in todo]
     traj: dict[int, list[np.ndarray]] = {j: [np.array(m[1], dtype=np.float64)] for j, m in enumerate(mols)} if trajectory else {}
     bar = None

@@ -52,6 +52,8 @@ DEFAULT_TAIL_T = 100
 DEFAULT_TAIL_STEPS = 25
 DEFAULT_JUMP = 0.2
 DEFAULT_EQ_TAIL_T = 40
+DEFAULT_TAIL_SCALE = 1.5
+DEFAULT_TAIL_T_MAX = 200
 
 #: why a relaxation stopped (``Relaxed.stop``, the ``morered_stop`` field of written structures)
 STOP_CONVERGED = "converged"            # AS/JT: predicted step <= t_conv; ITP/DDPM: schedule ran to 0
@@ -83,6 +85,10 @@ class SamplerOptions:
             last step (0: off).  The time head stops early, before the last bond-length noise is
             gone; a short fixed tail removes it.
         tail_steps: number of (DDIM) jumps of that tail; 0: one step at a time (``tail_t`` steps).
+        tail_scale, tail_t_max: AS/JT, with ``tail_scale`` > 0: each molecule's tail starts at
+            ``clamp(round(tail_scale * t0), tail_t, max(tail_t, tail_t_max))`` (``t0`` its first
+            predicted step) instead of ``tail_t``, in the same ``tail_steps`` jumps: large or soft
+            distortions get a longer tail, small ones keep ``tail_t`` (0: off, the fixed tail).
         eq_tail_t: AS/JT: an input already at equilibrium (first predicted step <= t_eq) takes
             the fixed deterministic tail from this step (with the tail's stride) instead of one
             mean step (0: off).
@@ -105,6 +111,8 @@ class SamplerOptions:
     tail_steps: int = DEFAULT_TAIL_STEPS
     eq_tail_t: int = DEFAULT_EQ_TAIL_T
     jump: float = DEFAULT_JUMP
+    tail_scale: float = DEFAULT_TAIL_SCALE
+    tail_t_max: int = DEFAULT_TAIL_T_MAX
     batch_size: int = 128
     seed: int = 0
     device: str | torch.device = "cpu"
@@ -244,6 +252,7 @@ def _run(
     tail_t = max(0, min(int(o.tail_t), T))
     eq_tail_t = max(0, min(int(o.eq_tail_t), T))
     tail_stride = max(1, -(-tail_t // int(o.tail_steps))) if int(o.tail_steps) > 0 else 1
+    stride = torch.full((n_total,), tail_stride, dtype=torch.long)  # per molecule (tail_scale)
 
     def finish(k: int, x: np.ndarray, stop: str, t_final: int, error: str | None = None):
         pos = None if error is not None else x + centres[k]
@@ -324,7 +333,7 @@ def _run(
             ddim = adaptive & ~conv
             s_next = torch.where(ddim, torch.minimum(jumped, s_next), s_next)
         if adaptive_variant:
-            s_next = torch.where(fixed, (t_hat - tail_stride).clamp(min=0), s_next)
+            s_next = torch.where(fixed, (t_hat - stride[mol]).clamp(min=0), s_next)
             ddim = (ddim | fixed) & (t_hat > 0)
         move = (t_hat > 0) & (steps[mol] < o.max_steps) & ~bad & ~enter_tail  # max_steps = 0: predict t0 only
         tail = fixed & adaptive_variant  # the tail is deterministic; ITP/DDPM follow --stochastic
@@ -339,7 +348,15 @@ def _run(
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
         if bool(enter_tail.any()):
-            t_cur[mol[enter_tail & ~at_eq]] = tail_t
+            main = mol[enter_tail & ~at_eq]
+            if float(o.tail_scale) > 0 and len(main):
+                hi = max(tail_t, min(int(o.tail_t_max), T))
+                start = torch.round(float(o.tail_scale) * t0[main].double()).long().clamp(tail_t, hi)
+                t_cur[main] = start
+                if int(o.tail_steps) > 0:
+                    stride[main] = (-(-start // int(o.tail_steps))).clamp(min=1)
+            else:
+                t_cur[main] = tail_t
             t_cur[mol[enter_tail & at_eq]] = eq_tail_t
             in_tail[mol[enter_tail]] = True
         if adaptive_variant:
