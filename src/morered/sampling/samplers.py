@@ -88,7 +88,8 @@ class SamplerOptions:
         tail_scale, tail_t_max: AS/JT, with ``tail_scale`` > 0: each molecule's tail starts at
             ``clamp(round(tail_scale * t0), tail_t, max(tail_t, tail_t_max))`` (``t0`` its first
             predicted step) instead of ``tail_t``, in the same ``tail_steps`` jumps: large or soft
-            distortions get a longer tail, small ones keep ``tail_t`` (0: off, the fixed tail).
+            distortions get a longer tail, small ones keep ``tail_t`` (0: off, the fixed tail; default
+            1.5 and 200, chosen on validation: models README, fourth release).
         eq_tail_t: AS/JT: an input already at equilibrium (first predicted step <= t_eq) takes
             the fixed deterministic tail from this step (with the tail's stride) instead of one
             mean step (0: off).
