@@ -81,6 +81,24 @@ def test_zero_force_input_is_no_force_input():
     torch.testing.assert_close(a[P.forces], z[P.forces], rtol=0, atol=0)
 
 
+def test_force_input_is_bounded_in_magnitude_not_in_direction():
+    from morered.forcefield.model import ForceInput
+
+    torch.manual_seed(0)
+    fi = ForceInput(8, bound=4.0).double()
+    s, v = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 3, 8, dtype=torch.float64)
+    d = torch.nn.functional.normalize(torch.randn(3, 3, dtype=torch.float64), dim=-1)
+    out = {a: fi(s, v, d * a) for a in (0.1, 1.0, 1e3, 1e5)}
+    # small forces still move the features in proportion; huge ones saturate (finite, bounded)
+    assert not torch.allclose(out[0.1][1], out[1.0][1])
+    for a in (1e3, 1e5):
+        assert torch.isfinite(out[a][0]).all() and torch.isfinite(out[a][1]).all()
+    torch.testing.assert_close(out[1e5][1], out[1e3][1], rtol=0.02, atol=0.02)
+    # the vector part added is along the force: flipping the force flips the added vectors
+    flip = fi(s, v, -d * 2.0)[1] - v
+    torch.testing.assert_close(flip, -(fi(s, v, d * 2.0)[1] - v))
+
+
 def test_denoising_target_is_what_was_added():
     b = batch()
     noisy, atom, eps = corrupt(b, p=1.0, sigma=0.05, fraction=0.5, generator=torch.Generator().manual_seed(3))
@@ -187,6 +205,39 @@ def test_train_forcefield_exports_and_resumes(tmp_path, dens):
     # resume: three more steps from last.ckpt
     train(tiny_config("forcefield", **{**over, "trainer.max_steps": 6}), tmp_path / "run")
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["global_step"] == 6
+
+
+def test_labels_above_a_force_cap_are_left_out_and_counted(tmp_path, caplog):
+    import logging
+
+    from conftest import tiny_config
+
+    from morered.errors import OptionError
+    from morered.training.forcefield import load_label_data
+
+    lab = synthetic_labels(tmp_path / "labels.npz")
+    big = [1, 5, 17]  # two training structures, one validation structure
+    for k in big:
+        lab.forces[lab.slices(k)] *= 100.0
+    lab.save(tmp_path / "labels.npz")
+    biggest = lab.max_force()
+    assert biggest.shape == (len(lab),) and (biggest[big] > 50).all()
+    srt = np.sort(biggest)
+    cap = float(srt[-3] + srt[-4]) / 2  # between the three scaled-up structures and the rest
+    assert set(np.setdiff1d(np.arange(len(lab)), lab.where(max_force=cap))) == set(big)
+    cfg = tiny_config("forcefield", **{"forcefield.labels": str(tmp_path / "labels.npz"), "forcefield.max_force": cap})
+    with caplog.at_level(logging.WARNING, logger="morered.train"):
+        train, val, info = load_label_data(cfg)
+    assert (len(train), len(val)) == (16 - 2, 4 - 1)
+    assert info["left_out_max_force"]["train"] == {"n": 2, "of": 16, "by_kind": {"reference": 2}}
+    assert info["left_out_max_force"]["val"]["n"] == 1
+    assert "2 of 16 train structures left out" in caplog.text
+    assert train.max_force().max() <= cap
+    everything, _, info0 = load_label_data(tiny_config("forcefield", **{"forcefield.labels": str(tmp_path / "labels.npz")}))
+    assert len(everything) == 16 and info0["left_out_max_force"] == {}
+    with pytest.raises(OptionError, match="max_force"):
+        load_label_data(tiny_config("forcefield", **{"forcefield.labels": str(tmp_path / "labels.npz"),
+                                                      "forcefield.max_force": 0}))
 
 
 def test_dense_kernel_is_the_same_function_as_the_edge_list():

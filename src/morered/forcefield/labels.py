@@ -90,13 +90,23 @@ class Labels:
                       self.mol_id[index], self.energy[index], cat(self.forces, (0, 3)), self.kind[index],
                       self.split[index], self.settings, self.failures)
 
-    def where(self, split: str | None = None, kinds=None) -> np.ndarray:
+    def where(self, split: str | None = None, kinds=None, max_force: float | None = None) -> np.ndarray:
+        """Indices of the structures of ``split`` and ``kinds`` (None: any) whose largest atomic
+        force is at most ``max_force`` eV/Å (None: any)."""
         keep = np.ones(len(self), bool)
         if split is not None:
             keep &= self.split == split
         if kinds is not None:
             keep &= np.isin(self.kind, list(kinds))
+        if max_force is not None:
+            keep &= self.max_force() <= float(max_force)
         return np.flatnonzero(keep)
+
+    def max_force(self) -> np.ndarray:
+        """Largest atomic force of each structure, eV/Å ``[n_structures]``."""
+        if len(self) == 0:
+            return np.zeros(0)
+        return np.maximum.reduceat(np.linalg.norm(self.forces, axis=1), self.offsets[:-1])
 
     def batch(self, index) -> dict[str, torch.Tensor]:
         """A batch with ``P.energy`` ``[n_mol]`` and ``P.forces`` ``[n_atoms, 3]`` (float32)."""

@@ -8,6 +8,8 @@ and without DeNS are compared on the same numbers.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -17,6 +19,8 @@ from morered.forcefield.dens import forcefield_losses
 from morered.forcefield.labels import LabelDataset, Labels
 from morered.forcefield.model import build_forcefield, fit_element_energies
 from morered.training.base import TrainingTask
+
+log = logging.getLogger("morered.train")
 
 
 def forcefield_args_from_config(cfg: dict) -> dict:
@@ -32,7 +36,21 @@ def load_label_data(cfg: dict) -> tuple[Labels, Labels, dict]:
         raise OptionError("forcefield.labels is not set: make labels with `morered label` and pass the file it "
                           "prints with --set forcefield.labels=PATH")
     labels = Labels.load(f["labels"])
-    train, val = labels.subset(labels.where("train")), labels.subset(labels.where("val"))
+    cap = f.get("max_force")
+    if cap is not None and not float(cap) > 0:
+        raise OptionError(f"forcefield.max_force must be a positive force in eV/Å or null, not {cap!r}")
+    left_out = {}
+    for split in ("train", "val"):
+        every, kept = labels.where(split), labels.where(split, max_force=cap)
+        if len(kept) < len(every):
+            gone = np.setdiff1d(every, kept)
+            kinds, counts = np.unique(labels.kind[gone], return_counts=True)
+            left_out[split] = {"n": int(len(gone)), "of": int(len(every)),
+                               "by_kind": {str(k): int(c) for k, c in zip(kinds, counts)}}
+            log.warning("forcefield.max_force %s eV/Å: %d of %d %s structures left out (largest atomic force "
+                        "above the cap; by kind: %s)", cap, len(gone), len(every), split,
+                        ", ".join(f"{k} {c}" for k, c in zip(kinds, counts)))
+    train, val = labels.subset(labels.where("train", max_force=cap)), labels.subset(labels.where("val", max_force=cap))
     if d["limit_train"]:
         train = train.subset(np.arange(min(int(d["limit_train"]), len(train))))
     if d["limit_val"]:
@@ -41,7 +59,8 @@ def load_label_data(cfg: dict) -> tuple[Labels, Labels, dict]:
         raise InputError(f"need training and validation labels (got {len(train)}, {len(val)})")
     info = {"name": f"labels:{labels.settings.get('method', 'GFN2-xTB')}", "labels": str(f["labels"]),
             "label_settings": labels.settings, "elements": sorted(int(z) for z in np.unique(train.numbers)),
-            "max_atoms": int(train.n_atoms().max()), "n_train": len(train), "n_val": len(val)}
+            "max_atoms": int(train.n_atoms().max()), "n_train": len(train), "n_val": len(val),
+            "max_force": None if cap is None else float(cap), "left_out_max_force": left_out}
     return train, val, info
 
 
