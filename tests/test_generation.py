@@ -99,6 +99,57 @@ def test_generation_is_deterministic_for_a_seed(tiny_model_path):
     assert np.isfinite(a[0].positions).all() and np.allclose(a[0].positions.mean(0), 0, atol=1e-6)
 
 
+def test_final_relaxation_starts_from_the_unrelaxed_generation(tiny_model_path):
+    comps = [parse_composition("C3H6O")]  # (the untrained model's C2H7N has overlapping atoms: next test)
+    kw = dict(max_steps=4, seed=0)
+    plain = generate(comps, "jt", str(tiny_model_path), relax=False, trajectory=True, **kw)
+    done = generate(comps, "jt", str(tiny_model_path), relax=True, trajectory=True, **kw)
+    for p, d in zip(plain, done):
+        assert p.unrelaxed is None and p.relax_steps == 0
+        # the same generation (same seed), then relaxed from where it ended
+        assert np.array_equal(d.unrelaxed, p.positions) and d.steps == p.steps
+        assert d.relax_steps >= 1 and d.relax_error is None
+        assert not np.allclose(d.positions, d.unrelaxed) and np.allclose(d.positions.mean(0), 0, atol=1e-6)
+        # the trajectory runs on through the relaxation, one step label per frame
+        n_gen = len(p.trajectory)
+        assert len(d.trajectory) > n_gen and len(d.trajectory) == len(d.trajectory_t)
+        assert all(np.allclose(a, b) for a, b in zip(d.trajectory[:n_gen], p.trajectory))
+        assert np.allclose(d.trajectory[n_gen - 1], d.unrelaxed) and np.allclose(d.trajectory[-1], d.positions)
+
+
+def test_a_structure_the_relaxation_refuses_is_kept_unrelaxed_with_the_reason(tiny_model_path):
+    from morered.generation.generate import Generated, relax_generated
+
+    z = np.array([6, 8, 1, 1])
+    ok = np.array([[0.0, 0, 0], [1.2, 0, 0], [-0.6, 0.9, 0], [-0.6, -0.9, 0]])
+    clash = ok.copy()
+    clash[1] = clash[0] + 0.05  # two atoms on top of each other
+    gen = [Generated(z, clash.copy(), 10, True, 0), Generated(z, ok.copy(), 10, True, 0),
+           Generated(z, None, 3, False, 500, error="non-finite")]
+    relax_generated(gen, str(tiny_model_path), "jt")
+    assert "overlapping" in gen[0].relax_error and np.array_equal(gen[0].positions, clash)
+    assert gen[0].unrelaxed is None and gen[0].relax_steps == 0
+    assert gen[1].relax_error is None and gen[1].relax_steps >= 1 and np.array_equal(gen[1].unrelaxed, ok)
+    assert gen[2].positions is None and gen[2].relax_error is None  # nothing to relax
+
+
+def test_generation_benchmark_scores_each_variant_as_generated_and_relaxed(tmp_path, tiny_model_path):
+    import csv
+    import json
+
+    from morered.generation.benchmark import run_generation_benchmark
+
+    res = run_generation_benchmark(3, tmp_path, variants=("jt",), max_steps=3, sweep=(2,), model=str(tiny_model_path),
+                                   train_smiles=set(), progress=False)
+    assert set(res["results"]) == {"jt", "jt+relax"}
+    assert res["results"]["jt+relax"]["mean_relax_steps"] >= 1 and res["results"]["jt"]["molecules_per_s"] is None
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 3 and {"valid_unrelaxed", "relax_steps"} <= set(rows[0])
+    assert "then relaxed" in (tmp_path / "summary.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["meta"]["relax"] is True
+    assert (tmp_path / "validity_vs_max_steps.png").exists()
+
+
 @pytest.mark.parametrize("ext", ["sdf", "extxyz", "db"])
 def test_cli_generate_and_evaluate_round_trip(tmp_path, tiny_model_path, capsys, ext):
     from morered.cli.main import main
@@ -110,7 +161,7 @@ def test_cli_generate_and_evaluate_round_trip(tmp_path, tiny_model_path, capsys,
                "--trajectory", str(tmp_path / "traj")])
     assert rc == 0
     line = capsys.readouterr().out
-    assert "4 molecules (jt, seed 0): valid" in line and "molecules/s" in line
+    assert "4 molecules (jt, relaxed, seed 0): valid" in line and "molecules/s" in line
     recs = read_structures(out)
     assert [r.atoms.get_chemical_formula() for r in recs] == ["C3H6O", "C3H6O", "CH4", "CH4"]
     for r in recs:

@@ -13,8 +13,10 @@ def add_parser(sub):
     p = sub.add_parser("generate", help="generate new molecules from pure noise for given compositions",
                        description="Generate molecules from pure noise: x_T ~ centred N(0, I) for each "
                        "composition, then MoreRed's adaptive schedule (jt, as: the step re-predicted from the "
-                       "structure at every iteration) or DDPM's fixed schedule T..1 (ddpm). Each output "
-                       "structure carries morered_valid, morered_steps and, when valid, morered_smiles. Exit code: 0 = every "
+                       "structure at every iteration) or DDPM's fixed schedule T..1 (ddpm), then (unless "
+                       "--no-relax) MoreRed's default relaxation of each result. Each output "
+                       "structure carries morered_valid, morered_steps, morered_relax_steps and, when valid, "
+                       "morered_smiles. Exit code: 0 = every "
                        "composition gave a structure (valid or not), 1 = some failed (non-finite model "
                        "output; OUTPUT's .errors.csv), 2 = nothing done (bad options or compositions).")
     src = p.add_mutually_exclusive_group(required=True)
@@ -33,7 +35,11 @@ def add_parser(sub):
                    "molecule (default %(default)s); ddpm always runs all T steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the compositions drawn, x_T and the sampler "
                    "noise (same seed and batch size: same molecules)")
-    p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per molecule to DIR")
+    p.add_argument("--no-relax", action="store_true", help="skip the final relaxation (MoreRed's default "
+                   "relaxation rule with the same networks; for ddpm the shipped JT model): the structures "
+                   "as the reverse diffusion from noise left them")
+    p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per molecule to DIR "
+                   "(generation, then the final relaxation)")
     p.add_argument("--no-novelty", action="store_true", help="skip novelty (needs the QM9 training SMILES)")
     p.add_argument("--no-progress", action="store_true")
     add_model_flags(p)
@@ -88,8 +94,13 @@ def run(args) -> int:
     t0 = time.time()
     gen = generate(comps, args.variant, lm, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
                    device=args.device, trajectory=bool(args.trajectory), progress=not args.no_progress,
-                   max_atoms=max_atoms)
+                   max_atoms=max_atoms, relax=not args.no_relax)
     wall = time.time() - t0
+    refused = [(k, g) for k, g in enumerate(gen) if g.relax_error]
+    for k, g in refused[:5]:
+        print(f"warning: {_name(k, g.numbers)} written unrelaxed: {g.relax_error}", file=sys.stderr)
+    if len(refused) > 5:
+        print(f"warning: {len(refused) - 5} more structures written unrelaxed", file=sys.stderr)
     checks = check_molecules([(g.numbers, g.positions if g.positions is not None else [[float("nan")] * 3])
                               for g in gen])
     train = None
@@ -104,7 +115,8 @@ def run(args) -> int:
     failed = write_generated(args.output, gen, checks, args.variant)
     if args.trajectory:
         write_trajectories(args.trajectory, gen)
-    print(f"{len(gen)} molecules ({args.variant}, seed {args.seed}): {metrics.summary()}; "
+    relaxed = "" if args.no_relax else ", relaxed"
+    print(f"{len(gen)} molecules ({args.variant}{relaxed}, seed {args.seed}): {metrics.summary()}; "
           f"{len(gen) / max(wall, 1e-9):.2f} molecules/s ({wall:.1f} s) -> {args.output}")
     if failed:
         from morered.io import errors_path, write_errors
@@ -152,7 +164,7 @@ def write_generated(path, generated, checks, variant: str):
         results.append({"positions": g.positions, "error": g.error, "morered_valid": bool(c.valid),
                         "morered_smiles": c.smiles, "morered_steps": int(g.steps),
                         "morered_stable": bool(c.stable), "morered_converged": bool(g.converged),
-                        "morered_variant": variant})
+                        "morered_variant": variant, "morered_relax_steps": int(g.relax_steps)})
     return write_structures(path, records, results)
 
 
