@@ -117,6 +117,24 @@ def test_final_relaxation_starts_from_the_unrelaxed_generation(tiny_model_path):
         assert np.allclose(d.trajectory[n_gen - 1], d.unrelaxed) and np.allclose(d.trajectory[-1], d.positions)
 
 
+def test_python_api_returns_atoms_for_every_requested_molecule(tiny_model_path):
+    import morered
+    from ase import Atoms
+
+    methane = Atoms("CH4", positions=np.vstack([[0, 0, 0], 1.09 * _TET]))
+    out = morered.generate(["C3H6O", [8, 1, 1], methane], n=2, model=str(tiny_model_path), max_steps=3)
+    assert [a.get_chemical_formula() for a in out] == ["C3H6O"] * 2 + ["H2O"] * 2 + ["CH4"] * 2
+    for a in out:
+        assert {"morered_valid", "morered_stable", "morered_steps", "morered_relax_steps"} <= set(a.info)
+        assert ("morered_smiles" in a.info) == a.info["morered_valid"] and a.info["morered_steps"] <= 3
+    one = morered.generate("C2H6", model=str(tiny_model_path), max_steps=3, relax=False)
+    assert len(one) == 1 and one[0].info["morered_relax_steps"] == 0
+    with pytest.raises(OptionError, match="C0"):
+        morered.generate("C0H4", model=str(tiny_model_path))
+    with pytest.raises(OptionError, match="n = 0"):
+        morered.generate("CH4", n=0, model=str(tiny_model_path))
+
+
 def test_a_structure_the_relaxation_refuses_is_kept_unrelaxed_with_the_reason(tiny_model_path):
     from morered.generation.generate import Generated, relax_generated
 

@@ -320,3 +320,71 @@ def relax_generated(generated: Sequence[Generated], model, variant: str, batch_s
             n_gen = len(g.trajectory)
             g.trajectory = g.trajectory + [x - x.mean(0) for x in r.trajectory[1:]]
             g.trajectory_t = list(g.trajectory_t or [])[:n_gen - 1] + list(r.trajectory_t) + [int(r.t_final)]
+
+
+def generate_atoms(
+    compositions: str | Sequence[int] | Sequence[str | Sequence[int]],
+    n: int = 1,
+    variant: str = "jt",
+    *,
+    model=None,
+    time_model=None,
+    max_steps: int = GENERATION_MAX_STEPS,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    relax: bool = True,
+    progress: bool = False,
+):
+    """New molecules as ASE ``Atoms`` (``morered.generate``): ``n`` per composition.
+
+    Args:
+        compositions: a sum formula (``"C7H10O2"``), a list of atomic numbers, an ``Atoms`` (its
+            composition), or a list of any of these.
+        n: molecules per composition.
+        variant, model, time_model, max_steps, batch_size, seed, device, relax, progress: as in
+            :func:`generate`.
+
+    Returns:
+        one ``Atoms`` per molecule, compositions in order; ``info`` holds ``morered_valid``,
+        ``morered_stable``, ``morered_steps``, ``morered_relax_steps``, ``morered_converged`` and,
+        when valid, ``morered_smiles``.  A molecule whose generation failed (non-finite model
+        output) comes back with zero positions and the reason in ``info["morered_error"]``.
+
+    Raises:
+        OptionError: an unparsable or impossible composition, ``n`` < 1, a bad option.
+    """
+    from ase import Atoms
+
+    from morered.generation.metrics import check_molecule
+
+    if n < 1:
+        raise OptionError(f"n = {n}: need at least 1 molecule per composition")
+    single = isinstance(compositions, (str, Atoms)) or (
+        len(compositions) > 0 and all(isinstance(z, (int, np.integer)) for z in compositions))
+    items = [compositions] if single else list(compositions)
+    if not items:
+        raise OptionError("no compositions given")
+    comps = []
+    for c in items:
+        z = (parse_composition(c) if isinstance(c, str) else
+             np.asarray(c.numbers if isinstance(c, Atoms) else c, dtype=np.int64))
+        comps += [z] * n
+    gen = generate(comps, variant, model, time_model=time_model, max_steps=max_steps, batch_size=batch_size,
+                   seed=seed, device=device, progress=progress, relax=relax)
+    out = []
+    for g in gen:
+        a = Atoms(numbers=g.numbers, positions=g.positions if g.positions is not None else np.zeros((len(g.numbers), 3)))
+        a.info.update(morered_steps=int(g.steps), morered_relax_steps=int(g.relax_steps),
+                      morered_converged=bool(g.converged))
+        if g.positions is None:
+            a.info.update(morered_valid=False, morered_stable=False, morered_error=g.error)
+        else:
+            c = check_molecule(g.numbers, g.positions)
+            a.info.update(morered_valid=bool(c.valid), morered_stable=bool(c.stable))
+            if c.valid:
+                a.info["morered_smiles"] = c.smiles
+        if g.relax_error:
+            a.info["morered_relax_error"] = g.relax_error
+        out.append(a)
+    return out
