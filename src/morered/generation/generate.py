@@ -10,7 +10,7 @@ Then, by default (``relax=True``), each generated structure is *relaxed* with Mo
 relaxation rule (:func:`morered.sampling.api.relax`): the same networks for ``jt`` / ``as``, the
 shipped JT model for ``ddpm`` (which has no time predictor).  A run from noise ends with small
 bond-length errors that the bond-order checkers are sensitive to; the relaxation's deterministic
-tail removes them in ~70 steps (chosen by measurement: README "Generate molecules").  The
+tail removes them in 30-70 steps (chosen by measurement: README "Generate molecules").  The
 unrelaxed structure stays in :attr:`Generated.unrelaxed`.
 """
 
