@@ -23,6 +23,13 @@ RULES = {
     "t_conv 10, max 1000": ({}, 1000),
     "t_conv 10, max 2000 (chosen)": ({}, 2000),
     "t_conv 0, max 2000": ({"t_conv": 0}, 2000),
+    "t_conv 10, max 4000": ({}, 4000),
+    "restart: patience 200, to t=300, <= 2, max 2000": ({"restart_patience": 200, "restart_t": 300,
+                                                         "max_restarts": 2}, 2000),
+    "restart: patience 300, to t=500, <= 1, max 2000": ({"restart_patience": 300, "restart_t": 500,
+                                                         "max_restarts": 1}, 2000),
+    "restart: patience 100, to t=200, <= 4, max 2000": ({"restart_patience": 100, "restart_t": 200,
+                                                         "max_restarts": 4}, 2000),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from morered.evaluation import energies as E
 from morered.evaluation.geometry import bond_graph, bond_type, geometry_errors
 from morered.evaluation.inputs import Structures, input_settings, is_kind, make_inputs
-from morered.evaluation.report import energy_stats, tracking
+from morered.evaluation.report import energy_stats, summarize, summary_markdown, tracking
 from morered.evaluation.rmsd import kabsch_rmsd
 
 SETTINGS = {"level": "test"}
@@ -132,6 +132,20 @@ def test_energy_stats_on_a_hand_made_array():
     assert f["n"] == 13 and f["within_1_pct"] == pytest.approx(500 / 13) and f["max_abs"] == math.inf
     assert f["p90_abs"] == math.inf  # 2 failures in 12 energies: the 90th percentile is a failure
     assert f["median"] == pytest.approx(np.median(np.r_[v, 1e300, 1e300]))
+
+
+def test_energy_raised_is_the_failure_by_energy():
+    # inputs (identity) at +10, +5, +2, none; results: lowered, raised, failed (inf), no input energy
+    inp = [{"method": "identity", "kind": "etkdg", "index": i, "dE_ani1x": e} for i, e in enumerate([10.0, 5.0, 2.0, None])]
+    res = [{"method": "jt", "kind": "etkdg", "index": i, "dE_ani1x": e} for i, e in enumerate([1.0, 6.0, math.inf, 0.5])]
+    other = [{"method": "jt", "kind": "xtb_min", "index": 0, "dE_ani1x": 9.0}]  # no identity row of its kind
+    s = {(r["method"], r["kind"]): r for r in summarize(inp + res + other)}
+    # three results have an input energy: one lowered, one raised, one failed -> 2 of 3 raised
+    assert s[("jt", "etkdg")]["dE_ani1x_raised_pct"] == pytest.approx(200 / 3)
+    assert "dE_ani1x_raised_pct" not in s[("identity", "etkdg")]
+    assert math.isnan(s[("jt", "xtb_min")]["dE_ani1x_raised_pct"])
+    md = summary_markdown(list(s.values()))
+    assert "% raised" in md and "| 66.7 |" in md
 
 
 def test_tracking_measures_agreement():

@@ -631,3 +631,37 @@ def test_jump_takes_deterministic_ddim_steps(test_molecules):
     assert res.trajectory_t == preds and res.steps == 8
     # eps is the exact noise at every step of a deterministic DDIM chain: the end is x0
     np.testing.assert_allclose(res.positions - res.positions.mean(0), x0.numpy(), atol=1e-5)
+
+
+def test_restart_renoises_a_hovering_molecule_once_by_the_forward_process(test_molecules):
+    mols = _distinct_sizes(test_molecules)[:2]
+    n = [len(z) for z, _ in mols]
+    # molecule 0 falls to 5 and hovers; molecule 1 falls to 0 (converges, never restarted)
+    model = StubModel({n[0]: [40, 20, 5, 6, 5, 7, 5, 6], n[1]: [40 - 4 * k for k in range(11)]})
+    frames: dict[int, list] = {0: [], 1: []}
+
+    def cb(ev):
+        for k, x, t in zip(ev["mol"], ev["positions"], ev["t_hat"]):
+            frames[k].append((t, x.copy()))
+
+    res = _run("jt", model, mols, cb, t_conv=0, t_eq=-1, max_steps=30, stochastic=False,
+               restart_patience=4, restart_t=300, max_restarts=1)
+    # min 5 at iteration 2, no new minimum at 3..6 -> re-noised at iteration 6 (instead of a step)
+    x_before, x_after = frames[0][5][1], frames[0][6][1]
+    assert frames[0][6][0] == 5
+    ratio = float(SCHEDULE.alpha_bar[300] / SCHEDULE.alpha_bar[5])
+    centre = mols[0][1].mean(0)
+    z = ((x_after - centre) - np.sqrt(ratio) * (x_before - centre)) / np.sqrt(1 - ratio)
+    assert np.allclose(z.mean(0), 0, atol=1e-9)  # the added noise is centred: the centre stays
+    assert 0.6 < z.std() < 1.4  # unit Gaussian noise scaled to the new level (n*3 draws)
+    # once only (max_restarts 1): afterwards it hovers until the step limit; each frame is one step
+    assert res[0].steps == 30 and res[0].stop == "max_steps" and len(frames[0]) == 30
+    assert res[1].converged and res[1].trajectory_t[-1] == 0
+    # a plateau rule still stops it after its restart, never before
+    model2 = StubModel({n[0]: [40, 20, 5, 6, 5, 7, 5, 6], n[1]: [0]})
+    res2 = _run("jt", model2, mols, t_conv=0, t_eq=-1, max_steps=100, patience=4, restart_patience=4,
+                restart_t=300, max_restarts=1)
+    # restart at iteration 6 (minimum forgotten), new minimum 6 at 7, none at 8..11 -> stop there
+    assert res2[0].stop == "plateau" and res2[0].steps == 12
+    # off by default: the same hovering molecule is never re-noised
+    assert SamplerOptions().restart_patience == 0

@@ -136,6 +136,27 @@ def bond_types(rows: list[dict]) -> list[str]:
     return sorted(count, key=lambda t: (-count[t], t))
 
 
+def raised_pct(rows: list[dict], inputs: dict, key: str) -> float:
+    """Failure by energy: % of ``rows`` whose ΔE(result) is above ΔE(input) by ``key``.
+
+    A relaxation should lower the energy; where RMSD cannot judge it (an ETKDG embedding in another
+    conformer: RMSD ratio ~1 whatever happens), a raised energy is the failure.  ``inputs`` maps
+    ``(kind, index)`` to the unrelaxed input's row (the ``identity`` method).  A result without a
+    finite ΔE (failed, or energy not computed) counts as raised; rows whose input has no finite ΔE
+    are left out.  NaN when no row has an input energy.
+    """
+    n = raised = 0
+    for r in rows:
+        src = inputs.get((r["kind"], str(r.get("index"))))
+        e_in = _floats([src], key)[0] if src is not None else math.nan
+        if not math.isfinite(e_in):
+            continue
+        e = _floats([r], key)[0]
+        n += 1
+        raised += int(not math.isfinite(e) or e > e_in)
+    return 100.0 * raised / n if n else math.nan
+
+
 def summarize(rows: list[dict], timings: dict | None = None) -> list[dict]:
     """Aggregate rows per (method, kind).
 
@@ -146,11 +167,13 @@ def summarize(rows: list[dict], timings: dict | None = None) -> list[dict]:
     Returns:
         one dict per (method, kind), in first-seen order: n, n_error, rmsd_in median, rmsd and
         rmsd_heavy median/q1/q3, ratio median, failure %, converged %, mean steps, seconds per
-        structure, structures per second, threads, and ΔE statistics where present.
+        structure, structures per second, threads, and ΔE statistics where present (with the
+        ``identity`` rows in ``rows``: ``{e}_raised_pct``, see :func:`raised_pct`).
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["kind"])].append(r)
+    inputs = {(r["kind"], str(r.get("index"))): r for r in rows if r["method"] == "identity"}
     timings = timings or {}
     out = []
     for (method, kind), g in groups.items():
@@ -176,6 +199,8 @@ def summarize(rows: list[dict], timings: dict | None = None) -> list[dict]:
             has = [r for r in g if r.get(e) not in (None, "")]
             if has:  # a failed structure (ΔE inf or NaN) is counted, and not within chemical accuracy
                 s.update({f"{e}_{k}": v for k, v in energy_stats(_floats(has, e)).items()})
+                if method != "identity":
+                    s[f"{e}_raised_pct"] = raised_pct(has, inputs, e)
         for key in ["bond_err", "angle_err"] + [f"bond_err_{t}" for t in bond_types(g)]:
             has = [r for r in g if r.get(key) not in (None, "")]
             if has:
@@ -278,12 +303,18 @@ def summary_markdown(summary: list[dict], meta: dict | None = None, skipped: dic
         if rows:
             lines += ["", f"## ΔE = E(result) − E(reference), {title}, kcal/mol", "",
                       "Median [first–third quartile] of the signed ΔE; the tail as the 90th percentile and the "
-                      "maximum of |ΔE|; a failed structure counts as inf and as not within 1 kcal/mol.", "",
-                      "| method | kind | n | median ΔE [q1–q3] | p90 abs(ΔE) | max abs(ΔE) | % within 1 kcal/mol |",
-                      "|---|---|---:|---|---:|---:|---:|"]
+                      "maximum of |ΔE|; a failed structure counts as inf and as not within 1 kcal/mol. "
+                      "% raised: the failure rate by energy, structures whose energy at this level ended above "
+                      "their input's (needs the identity rows; a failed structure counts as raised) -- the "
+                      "failure measure for inputs that RMSD cannot judge, such as ETKDG embeddings in "
+                      "another conformer.", "",
+                      "| method | kind | n | median ΔE [q1–q3] | p90 abs(ΔE) | max abs(ΔE) | % within 1 kcal/mol "
+                      "| % raised |",
+                      "|---|---|---:|---|---:|---:|---:|---:|"]
             lines += [f"| {s['method']} | {s['kind']} | {s[f'{e}_n']} | {_f(s[f'{e}_median'], 2)} "
                       f"[{_f(s[f'{e}_q1'], 2)}–{_f(s[f'{e}_q3'], 2)}] | {_f(s[f'{e}_p90_abs'], 2)} | "
-                      f"{_f(s[f'{e}_max_abs'], 2)} | {_f(s[f'{e}_within_1_pct'], 1)} |" for s in rows]
+                      f"{_f(s[f'{e}_max_abs'], 2)} | {_f(s[f'{e}_within_1_pct'], 1)} | "
+                      f"{_f(s.get(f'{e}_raised_pct'), 1) if f'{e}_raised_pct' in s else '—'} |" for s in rows]
     if tracks:
         lines += ["", "## How well the cheap energies track the DFT ΔE", "",
                   "Pairs with both ΔE finite; relaxed structures (every method but identity) per kind and "

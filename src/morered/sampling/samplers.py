@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from morered import properties as P
+from morered.data.batch import centred_noise
 from morered.diffusion.schedule import NoiseSchedule, ddim_step, predict_x0, reverse_step
 
 
@@ -96,6 +97,13 @@ class SamplerOptions:
         jump: AS/JT adaptive phase: from the predicted step t, a deterministic DDIM jump to
             ``floor(t (1 - jump))`` (at least one step down) instead of the DDPM step to t - 1
             (0: off).
+        restart_patience, restart_t, max_restarts: AS/JT, with ``restart_patience`` > 0: a molecule
+            whose predicted step has not reached a new minimum for ``restart_patience`` steps (and is
+            still above ``t_conv``) is *re-noised* from its predicted step t to ``restart_t`` by the
+            forward process, x <- sqrt(ab_r / ab_t) x + sqrt(1 - ab_r / ab_t) z, and goes on
+            adaptively, at most ``max_restarts`` times (the step counts against ``max_steps``).  For
+            generation: a run from noise that hovers in a strained structure gets room to rearrange
+            (0: off, the default; never used by relaxation).
         batch_size: molecules evaluated together.
         seed: seed of the noise (stochastic updates and generation).
         device: torch device for the model evaluation.
@@ -114,6 +122,9 @@ class SamplerOptions:
     jump: float = DEFAULT_JUMP
     tail_scale: float = DEFAULT_TAIL_SCALE
     tail_t_max: int = DEFAULT_TAIL_T_MAX
+    restart_patience: int = 0
+    restart_t: int = 300
+    max_restarts: int = 1
     batch_size: int = 128
     seed: int = 0
     device: str | torch.device = "cpu"
@@ -245,6 +256,7 @@ def _run(
     best_t = torch.full((n_total,), T + 1, dtype=torch.long)  # lowest predicted step so far
     since_best = torch.zeros(n_total, dtype=torch.long)
     last_pred = torch.full((n_total,), -1, dtype=torch.long)  # last predicted step (AS/JT)
+    restarts = torch.zeros(n_total, dtype=torch.long)
     traj_t: list[list[int]] = [[] for _ in range(n_total)]
     pending = list(range(n_total))[::-1]
     pool = _Pool(device)
@@ -303,6 +315,7 @@ def _run(
         conv = torch.zeros(len(mol), dtype=torch.bool)
         enter_tail = torch.zeros(len(mol), dtype=torch.bool)
         at_eq = torch.zeros(len(mol), dtype=torch.bool)
+        restart = torch.zeros(len(mol), dtype=torch.bool)
         if adaptive_variant and bool(adaptive.any()):
             last_pred[mol[adaptive]] = t_hat[adaptive]
             # at t_hat = 0 a step cannot move the molecule: it stops there whatever t_conv is
@@ -316,6 +329,10 @@ def _run(
             for j in torch.nonzero(at_conv | plateau | at_eq).flatten().tolist():
                 reason[int(mol[j])] = (STOP_AT_EQUILIBRIUM if bool(at_eq[j]) else
                                        STOP_PLATEAU if bool(plateau[j]) else STOP_CONVERGED)
+            if int(o.restart_patience) > 0:
+                restart = (adaptive & ~at_conv & ~at_eq & (since_best[mol] >= int(o.restart_patience))
+                           & (restarts[mol] < int(o.max_restarts)) & (t_hat < min(int(o.restart_t), T)))
+                plateau = plateau & ~restart
             ending = (at_conv | plateau) & ~at_eq
             if tail_t > 0:
                 enter_tail = ending
@@ -346,6 +363,16 @@ def _run(
         if o.final_step == "x0" and bool(conv.any()):  # converging: jump to the implied clean structure
             x0 = predict_x0(pool.x, out[P.eps_pred], t_hat.to(device), idx_m, schedule)
             x_new = torch.where(conv.to(device)[idx_m, None], x0, x_new)
+        if bool(restart.any()):  # re-noise t_hat -> restart_t instead of a reverse step
+            r_t = min(int(o.restart_t), T)
+            ratio = (schedule.alpha_bar[r_t] / schedule.alpha_bar[t_hat.long().cpu()]).to(device)[idx_m, None]
+            z = centred_noise(pool.x.shape, idx_m, generator=gen, dtype=torch.float64, device=device)
+            x_new = torch.where(restart.to(device)[idx_m, None], ratio.sqrt() * pool.x.double()
+                                + (1 - ratio).clamp(min=0).sqrt() * z, x_new.double()).to(x_new.dtype)
+            move = move | (restart & (steps[mol] < o.max_steps) & ~bad)
+            restarts[mol] += restart.long()
+            best_t[mol] = torch.where(restart, T + 1, best_t[mol])
+            since_best[mol] = torch.where(restart, 0, since_best[mol])
         pool.x = torch.where(move.to(device)[idx_m, None], x_new, pool.x)
         steps[mol] += move.long()
         if bool(enter_tail.any()):
