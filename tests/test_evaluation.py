@@ -409,3 +409,34 @@ def test_summarize_and_csv(tmp_path):
     back = read_csv(write_csv(rows, tmp_path / "r.csv"))
     assert len(back) == 4 and back[2]["ratio"] == math.inf and back[2]["failure"] is True
     assert back[0]["error"] is None and back[2]["error"] == "boom"
+
+
+def _run_dir(path, groups, seconds):
+    """A report directory with one row per (method, kind, index) of ``groups``: method -> [(kind, mol_id, rmsd)]."""
+    from morered.evaluation.report import write_report
+
+    rows = [dict(method=m, kind=kind, mol_id=mol, index=i, rmsd_in=0.2, rmsd=r, rmsd_heavy=r, ratio=r / 0.2,
+                 failure=is_failure(r / 0.2), converged=True, steps=5, seconds=0.1, threads=1,
+                 trajectory_t=[50, 10] if m == "jt" else None)
+            for m, items in groups.items() for i, (kind, mol, r) in enumerate(items)]
+    write_report(rows, path, meta={"date": path.name}, timings={(m, k): {"seconds": seconds, "threads": 1}
+                                                                 for m, items in groups.items() for k, _, _ in items})
+    return path
+
+
+def test_merge_runs_replaces_the_rerun_groups_and_keeps_the_rest(tmp_path):
+    from morered.evaluation.report import merge_runs
+
+    items = lambda r: [("a", 7, r), ("a", 8, r), ("b", 7, r)]  # noqa: E731
+    base = _run_dir(tmp_path / "base", {"xtb": items(0.05), "jt": items(0.10)}, 4.0)
+    new = _run_dir(tmp_path / "new", {"jt": items(0.03)}, 1.0)
+    rows, timings, meta = merge_runs(base, new)
+    assert len(rows) == 6 and [(r["kind"], r["method"]) for r in rows][:2] == [("a", "xtb"), ("a", "xtb")]
+    assert {r["rmsd"] for r in rows if r["method"] == "jt"} == {0.03}  # new rows in place of the old
+    assert {r["rmsd"] for r in rows if r["method"] == "xtb"} == {0.05}  # the rest kept
+    assert timings[("jt", "a")]["seconds"] == 1.0 and timings[("xtb", "a")]["seconds"] == 4.0
+    assert "jt rows from" in meta["merged"] and meta["methods"] == "xtb, jt"
+    # other inputs (another molecule at the same kind and index): refused, not silently joined
+    other = _run_dir(tmp_path / "other", {"jt": [("a", 9, 0.03)]}, 1.0)
+    with pytest.raises(ValueError, match="different inputs"):
+        merge_runs(base, other)

@@ -609,3 +609,48 @@ def write_report(rows: list[dict], out, meta: dict | None = None, timings: dict 
         if p is not None:
             files[p.name] = p
     return files
+
+
+# ---------------------------------------------------------------------------- merging two runs
+
+
+def _run_timings(run: Path) -> dict:
+    doc = json.loads((run / "summary.json").read_text())
+    return {(s["method"], s["kind"]): {"seconds": s["seconds_total"], "threads": s["threads"]}
+            for s in doc["summary"]}
+
+
+def merge_runs(base, new) -> tuple[list[dict], dict, dict]:
+    """Rows, timings and meta of the report directory ``base`` with every (method, kind) group of
+    ``new`` in place of its own, in ``base``'s table order.
+
+    When a release changes one model only its rows need rerunning: the other methods' rows of the
+    earlier run still hold if both runs relaxed the same inputs.  Raises ``ValueError`` when a
+    structure present in both (same kind and index) has another molecule or input RMSD.
+    """
+    base, new = Path(base), Path(new)
+    rows_b, rows_n = read_csv(base / "results.csv"), read_csv(new / "results.csv")
+    inputs_b = {(r["kind"], r["index"]): (r["mol_id"], r["rmsd_in"]) for r in rows_b}
+    for r in rows_n:
+        key = (r["kind"], r["index"])
+        if key in inputs_b:
+            mol, rin = inputs_b[key]
+            same = mol == r["mol_id"] and (rin == r["rmsd_in"] or math.isclose(rin, r["rmsd_in"], rel_tol=1e-9))
+            if not same:
+                raise ValueError(f"{base} and {new} relaxed different inputs ({key[0]} #{key[1]:.0f}: molecule "
+                                 f"{mol} vs {r['mol_id']}, input RMSD {rin} vs {r['rmsd_in']}); rerun every method")
+    replaced = {(r["method"], r["kind"]) for r in rows_n}
+    rows = [r for r in rows_b if (r["method"], r["kind"]) not in replaced] + rows_n
+    methods = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows_b + rows_n))}
+    kinds = {m: k for k, m in enumerate(dict.fromkeys(r["kind"] for r in rows_b + rows_n))}
+    rows.sort(key=lambda r: (kinds[r["kind"]], methods[r["method"]]))
+    for r in rows:  # the CSV holds trajectories as text
+        if isinstance(r.get("trajectory_t"), str):
+            r["trajectory_t"] = json.loads(r["trajectory_t"])
+    timings = {**{k: v for k, v in _run_timings(base).items() if k not in replaced}, **_run_timings(new)}
+    meta_b = json.loads((base / "summary.json").read_text()).get("meta", {})
+    meta_n = json.loads((new / "summary.json").read_text()).get("meta", {})
+    meta = {**meta_b, "methods": ", ".join(methods)}
+    meta["merged"] = (f"{', '.join(sorted({m for m, _ in replaced}))} rows from {new} (dated "
+                      f"{meta_n.get('date', '?')}); all other rows from {base} (dated {meta_b.get('date', '?')})")
+    return rows, timings, meta
