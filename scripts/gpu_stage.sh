@@ -14,6 +14,13 @@
 # MODEL is jt, ddpm or time: the config src/morered/models/MODEL.yaml, warm-started from the
 # shipped MODEL.pt (ddpm/time: from jt.pt when MORERED_INIT=jt). Extra `morered train` options
 # go in MORERED_TRAIN_ARGS (e.g. "--set data.batch_size=256 --set optim.lr=3e-4").
+# Force fields (mlff, mlff_dens): the labels travel too, and a stage that changes the force cap
+# starts from scratch (a new force scale does not fit old weights): add the labels file to carry and
+#   MORERED_INIT=none MORERED_TRAIN_ARGS="--set forcefield.labels=.cache/labels/labels-681c42d9b8b9da97.npz
+#     --set forcefield.max_force=50 --set forcefield.weights.energy=20 --set data.batch_size=128"
+# (labels: `morered label --n-train 10000 --n-val 300 --n-test 200 --n-normal-mode 300 --threads 1`),
+#   carry=[".cache/labels/labels-681c42d9b8b9da97.npz", ".whl", "runs/gpu"] (~50 MB); checked on the
+#   CPU with the dry run below (MORERED_INIT=none, mlff, 40 s: 33 steps, best.pt written).
 # A dry run on the CPU: PYTHON=.venv/bin/python MORERED_ACCELERATOR=cpu OUT=/tmp/gpu_out bash scripts/gpu_stage.sh jt 30
 # Data: the QM9 cache (35 MB) and the soft-mode draws (18 MB) travel in .cache, so the device needs
 # no qm9pack, no RDKit work and no network (carry is limited to 64 MiB in all).
@@ -63,7 +70,8 @@ fi
 
 model=${1:?usage: gpu_stage.sh MODEL SECONDS}
 seconds=${2:-520}
-init=src/morered/models/${MORERED_INIT:-$model}.pt
+init_args="--init-from src/morered/models/${MORERED_INIT:-$model}.pt"
+[ "${MORERED_INIT:-}" = "none" ] && init_args=""
 out=runs/gpu/$model
 mkdir -p runs/gpu
 py=${PYTHON:-python3}  # the device's python3 holds its CUDA torch
@@ -71,7 +79,7 @@ $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
 export PYTHONPATH=$PWD/src:/tmp/site MORERED_CACHE=$PWD/.cache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # rerunning into the same --out resumes from its checkpoints/last.ckpt (carried from the last call)
-$py -m morered.cli train --config "src/morered/models/$model.yaml" --init-from "$init" --out "$out" \
+$py -m morered.cli train --config "src/morered/models/$model.yaml" $init_args --out "$out" \
   --accelerator "${MORERED_ACCELERATOR:-gpu}" --max-time "${seconds}s" ${MORERED_TRAIN_ARGS:-} 2>&1 | tee "$out.log" | grep -v "it/s" || true
 mkdir -p "${OUT:-/tmp/gpu_out}"
 cp "$out/best.pt" "$out/config.yaml" "${OUT:-/tmp/gpu_out}/" 2>/dev/null || true
