@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--variant", default="jt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rules", default="all", help="'all', 'chosen', or comma-separated rule numbers (1-based)")
+    ap.add_argument("--model", default=None, help="model file (default: the shipped one of the variant)")
     args = ap.parse_args()
     rules = list(RULES.items())
     if args.variant == "ddpm":  # the fixed schedule has no stopping rule
@@ -53,10 +54,10 @@ def main():
     ids = np.random.default_rng(args.seed).choice(val, args.n, replace=False)
     where = {int(i): k for k, i in enumerate(qm9.ids)}
     comps = [np.asarray(qm9.molecule(where[int(i)])[1], np.int64) for i in ids]
-    print(f"{args.variant}, {args.n} validation compositions, seed {args.seed}, 1 thread")
+    print(f"{args.variant} ({args.model or 'shipped'}), {args.n} validation compositions, seed {args.seed}, 1 thread")
     for name, (over, steps) in rules:
         t = time.time()
-        gen = generate(comps, args.variant, max_steps=steps, seed=args.seed, overrides=over, relax=True)
+        gen = generate(comps, args.variant, args.model, max_steps=steps, seed=args.seed, overrides=over, relax=True)
         wall = time.time() - t
         for label, pos in (("as generated", [g.unrelaxed if g.unrelaxed is not None else g.positions for g in gen]),
                            ("+ relaxation", [g.positions for g in gen])):
