@@ -53,6 +53,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the table")
+    p.add_argument("--float64", action="store_true", help="evaluate the networks in float64 (the reverse steps "
+                   "are float64 either way)")
     p.add_argument("--ani", action="store_true", help="also ANI-1x ΔE (relaxed - reference, kcal/mol): median, "
                    "%% within 1 kcal/mol, 90th percentile (needs the peers extra)")
     args = p.parse_args()
@@ -63,6 +65,8 @@ def main():
     val_ids = np.random.default_rng(0).permutation(split_ids(mols)["val"])[: args.n]
     refs = Structures.from_molecules(mols.select_ids(val_ids), kind="reference")
     model = resolve_model(args.model, args.variant, time_model=args.time_model)
+    if args.float64:
+        model.model.double()
     table = []
     for kind in args.kinds.split(","):
         inp = make_inputs(kind, refs, seed=0, temperature=args.temperature)
