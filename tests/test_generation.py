@@ -164,7 +164,10 @@ def test_generation_benchmark_scores_each_variant_as_generated_and_relaxed(tmp_p
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 3 and {"valid_unrelaxed", "relax_steps"} <= set(rows[0])
     assert "then relaxed" in (tmp_path / "summary.md").read_text()
-    assert json.loads((tmp_path / "summary.json").read_text())["meta"]["relax"] is True
+    meta = json.loads((tmp_path / "summary.json").read_text())["meta"]
+    assert meta["relax"] is True and meta["model"] == str(tiny_model_path)
+    # a run with a given model says so instead of "Shipped models"
+    assert (tmp_path / "summary.md").read_text().splitlines()[2].startswith(f"Model {tiny_model_path};")
     assert (tmp_path / "validity_vs_max_steps.png").exists()
 
 

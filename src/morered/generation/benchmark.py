@@ -104,7 +104,7 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
         ase.io.write(out / f"generated_{v}.extxyz", frames, format="extxyz")
     meta = {"n": n, "seed": seed, "max_steps": max_steps, "batch_size": batch_size, "device": device, "relax": relax,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "checkers": CHECKERS}
+            "model": "shipped" if model is None else str(model), "checkers": CHECKERS}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "results": summary, "sweep": sweeps}, indent=1))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -122,7 +122,8 @@ def _pct(x) -> str:
 def markdown_table(summary: dict, meta: dict) -> str:
     """This run's rows beside the published ones."""
     lines = [f"# Generation from noise: {meta['n']} compositions from the QM9 test split (seed {meta['seed']})", "",
-             f"Shipped models; max steps {meta['max_steps']} (adaptive), batch {meta['batch_size']}, "
+             (f"Model {meta['model']}" if meta.get("model", "shipped") != "shipped" else "Shipped models")
+             + f"; max steps {meta['max_steps']} (adaptive), batch {meta['batch_size']}, "
              f"{meta['device']}, {meta['threads']} torch thread(s). Valid = RDKit-sanitisable and connected "
              "(EDM's bond tables); stability = EDM's; novelty against the QM9 training split. "
              "'then relaxed': the same run's structures after MoreRed's default relaxation rule "
@@ -193,6 +194,8 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-relax", action="store_true", help="score the structures as generated only")
+    p.add_argument("--model", help="model file for every variant instead of the shipped ones (e.g. a JT "
+                   "checkpoint to compare with --variants jt)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_cli)
 
@@ -211,6 +214,6 @@ def run_cli(args) -> int:
     sweep = [int(s) for s in args.sweep.split(",") if s.strip()]
     run_generation_benchmark(args.n, args.out, variants=variants, seed=args.seed, max_steps=args.max_steps,
                                  sweep=sweep, batch_size=args.batch_size, device=args.device,
-                                 progress=not args.no_progress, relax=not args.no_relax)
+                                 progress=not args.no_progress, relax=not args.no_relax, model=args.model)
     print((Path(args.out) / "summary.md").read_text())
     return 0
