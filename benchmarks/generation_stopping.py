@@ -30,6 +30,14 @@ RULES = {
                                                          "max_restarts": 1}, 2000),
     "restart: patience 100, to t=200, <= 4, max 2000": ({"restart_patience": 100, "restart_t": 200,
                                                          "max_restarts": 4}, 2000),
+    "noise x0.9, t_conv 10, max 2000": ({"noise_scale": 0.9}, 2000),
+    "noise x0.8, t_conv 10, max 2000": ({"noise_scale": 0.8}, 2000),
+    "noise x0.7, t_conv 10, max 2000": ({"noise_scale": 0.7}, 2000),
+    "noise x0.5, t_conv 10, max 2000": ({"noise_scale": 0.5}, 2000),
+    "noise x1.1, t_conv 10, max 2000": ({"noise_scale": 1.1}, 2000),
+    "noise x1.2, t_conv 10, max 2000": ({"noise_scale": 1.2}, 2000),
+    "floor T-k, t_conv 10, max 2000": ({"t_floor": 1000}, 2000),
+    "floor 500-k, t_conv 10, max 2000": ({"t_floor": 500}, 2000),
 }
 
 

@@ -99,6 +99,24 @@ def test_generation_is_deterministic_for_a_seed(tiny_model_path):
     assert np.isfinite(a[0].positions).all() and np.allclose(a[0].positions.mean(0), 0, atol=1e-6)
 
 
+
+def test_attempts_regenerate_only_invalid_results_from_fresh_noise(tiny_model_path, monkeypatch):
+    import morered.generation.generate as G
+
+    comps = [parse_composition("CH2O"), parse_composition("C3H6O")]
+    monkeypatch.setattr(G, "_valid", lambda g: len(g.numbers) == 4)  # CH2O "valid", C3H6O never
+    kw = dict(max_steps=3, seed=2, relax=False)
+    once = generate(comps, "jt", str(tiny_model_path), **kw)
+    three = generate(comps, "jt", str(tiny_model_path), attempts=3, **kw)
+    again = generate(comps, "jt", str(tiny_model_path), attempts=3, **kw)
+    assert [g.attempts for g in once] == [1, 1] and [g.attempts for g in three] == [1, 3]
+    assert np.array_equal(three[0].positions, once[0].positions)  # a valid result is kept
+    assert not np.allclose(three[1].positions, once[1].positions)  # the invalid one: fresh noise
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(three, again))  # same seed, same output
+    with pytest.raises(OptionError, match="attempts"):
+        generate(comps, "jt", str(tiny_model_path), attempts=0, **kw)
+
+
 def test_final_relaxation_starts_from_the_unrelaxed_generation(tiny_model_path):
     comps = [parse_composition("C3H6O")]  # (the untrained model's C2H7N has overlapping atoms: next test)
     kw = dict(max_steps=4, seed=0)
@@ -191,6 +209,23 @@ def test_cli_generate_and_evaluate_round_trip(tmp_path, tiny_model_path, capsys,
     assert len(list((tmp_path / "traj").glob("*.extxyz"))) == 4
     assert main(["evaluate", "generated", str(out), "--no-novelty"]) == 0
     assert "molecule_stability" in capsys.readouterr().out
+
+
+
+def test_cli_generate_attempts_are_recorded_and_summarised(tmp_path, tiny_model_path, capsys):
+    from morered.cli.main import main
+    from morered.io import read_structures
+
+    out = tmp_path / "gen.extxyz"
+    assert main(["generate", "--composition", "C3H6O", "-n", "2", "--max-steps", "2", "--attempts", "2",
+                 "--model", str(tiny_model_path), "-o", str(out), "--no-progress", "--no-novelty"]) == 0
+    line = capsys.readouterr().out
+    assert "up to 2 attempts: first attempt valid" in line
+    recs = read_structures(out)
+    for r in recs:  # an invalid result was generated twice, a valid one once
+        assert r.atoms.info["morered_attempts"] == (1 if r.atoms.info["morered_valid"] else 2)
+    assert main(["generate", "--composition", "C3H6O", "--attempts", "0", "--model", str(tiny_model_path),
+                 "-o", str(tmp_path / "x.xyz"), "--no-progress"]) == 2
 
 
 def test_cli_sdf_has_bonds_for_valid_molecules(tmp_path, qm9):

@@ -243,6 +243,36 @@ def test_seed_decides_the_noise(test_molecules, tiny, variant):
         np.testing.assert_array_equal(x, y)
 
 
+
+def test_noise_scale_scales_the_posterior_noise(test_molecules, tiny):
+    """One stochastic DDPM step is mean + noise_scale * sigma_t z: the displacement from the
+    deterministic step is linear in noise_scale, and 0 reproduces the deterministic sampler."""
+    mols = _inputs(test_molecules, range(3))
+
+    def run(scale, stochastic=True):
+        return [r.positions for r in _run("ddpm", tiny.model, mols, t_start=30, max_steps=1, stochastic=stochastic,
+                                          seed=5, noise_scale=scale)]
+
+    det, full, half, zero = run(1.0, False), run(1.0), run(0.5), run(0.0)
+    for d, f, h, z in zip(det, full, half, zero):
+        assert np.abs(f - d).max() > 1e-3
+        np.testing.assert_allclose(h - d, 0.5 * (f - d), atol=1e-6)
+        np.testing.assert_allclose(z, d, atol=1e-10)
+
+
+
+def test_t_floor_holds_the_adaptive_schedule_to_the_fixed_one(test_molecules):
+    """t_floor: the step used after k steps is max(predicted, t_floor - k); the prediction takes
+    over once it is the larger, and the stopping rule sees the step used."""
+    mols = _distinct_sizes(test_molecules)[:2]
+    steps = {len(mols[0][0]): [5], len(mols[1][0]): [30, 30, 30, 2]}
+    r0, r1 = _run("jt", StubModel(steps), mols, max_steps=50, t_conv=5, t_eq=-1, t_floor=20)
+    assert r0.trajectory_t == list(range(20, 4, -1)) and r0.steps == 16 and r0.converged
+    assert r1.trajectory_t[:4] == [30, 30, 30, 17] and r1.trajectory_t[-1] == 5
+    (free,) = _run("jt", StubModel({len(mols[0][0]): [5]}), mols[:1], max_steps=50, t_conv=5, t_eq=-1)
+    assert free.trajectory_t == [5] and free.steps == 1
+
+
 # ------------------------------------------------------------------------------------ rotation
 @pytest.mark.parametrize("variant", ["jt", "as", "itp", "ddpm"])
 def test_rotating_the_input_rotates_the_output(test_molecules, tiny, variant):

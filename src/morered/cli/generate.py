@@ -35,6 +35,10 @@ def add_parser(sub):
                    "molecule (default %(default)s); ddpm always runs all T steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the compositions drawn, x_T and the sampler "
                    "noise (same seed and batch size: same molecules)")
+    p.add_argument("--attempts", type=int, default=1, metavar="K", help="generate a composition again from "
+                   "fresh noise while its result is not valid, at most K generations in all (default 1: one "
+                   "each, the protocol of published validity numbers); each structure carries "
+                   "morered_attempts, and the summary gives the first attempt's validity beside the final one")
     p.add_argument("--no-relax", action="store_true", help="skip the final relaxation (MoreRed's default "
                    "relaxation rule with the same networks; for ddpm the shipped JT model): the structures "
                    "as the reverse diffusion from noise left them")
@@ -83,8 +87,8 @@ def run(args) -> int:
     check_output_file(errors_path(args.output), "-o (its errors file)", inputs)
     if getattr(args, "trajectory", None):
         check_output_dir(args.trajectory, "--trajectory")
-    if args.max_steps < 1 or args.batch_size < 1:
-        raise OptionError("--max-steps and --batch-size must be at least 1")
+    if args.max_steps < 1 or args.batch_size < 1 or args.attempts < 1:
+        raise OptionError("--max-steps, --batch-size and --attempts must be at least 1")
     try:
         lm = resolve_model(args.model, args.variant, args.device, args.time_model)
     except (FileNotFoundError, ValueError) as e:
@@ -94,7 +98,7 @@ def run(args) -> int:
     t0 = time.time()
     gen = generate(comps, args.variant, lm, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
                    device=args.device, trajectory=bool(args.trajectory), progress=not args.no_progress,
-                   max_atoms=max_atoms, relax=not args.no_relax)
+                   max_atoms=max_atoms, relax=not args.no_relax, attempts=args.attempts)
     wall = time.time() - t0
     refused = [(k, g) for k, g in enumerate(gen) if g.relax_error]
     for k, g in refused[:5]:
@@ -116,6 +120,10 @@ def run(args) -> int:
     if args.trajectory:
         write_trajectories(args.trajectory, gen)
     relaxed = "" if args.no_relax else ", relaxed"
+    if args.attempts > 1:
+        first = sum(g.attempts == 1 and c.valid for g, c in zip(gen, checks)) / len(gen)
+        relaxed += (f", up to {args.attempts} attempts: first attempt valid {100 * first:.1f} %, "
+                    f"{sum(g.attempts for g in gen)} generations")
     print(f"{len(gen)} molecules ({args.variant}{relaxed}, seed {args.seed}): {metrics.summary()}; "
           f"{len(gen) / max(wall, 1e-9):.2f} molecules/s ({wall:.1f} s) -> {args.output}")
     if failed:
@@ -164,7 +172,8 @@ def write_generated(path, generated, checks, variant: str):
         results.append({"positions": g.positions, "error": g.error, "morered_valid": bool(c.valid),
                         "morered_smiles": c.smiles, "morered_steps": int(g.steps),
                         "morered_stable": bool(c.stable), "morered_converged": bool(g.converged),
-                        "morered_variant": variant, "morered_relax_steps": int(g.relax_steps)})
+                        "morered_variant": variant, "morered_relax_steps": int(g.relax_steps),
+                        "morered_attempts": int(g.attempts)})
     return write_structures(path, records, results)
 
 

@@ -183,6 +183,8 @@ class Generated:
         relax_steps: reverse steps of the final relaxation (0: not relaxed).
         relax_error: why the final relaxation was refused (``positions`` is then the unrelaxed
             structure), else None.
+        attempts: generations run for this composition (``generate(attempts=K)`` runs another,
+            from fresh noise, while the result is not valid, at most K in all).
     """
 
     numbers: np.ndarray
@@ -197,6 +199,7 @@ class Generated:
     unrelaxed: np.ndarray | None = field(default=None, repr=False)
     relax_steps: int = 0
     relax_error: str | None = None
+    attempts: int = 1
 
 
 def generate(
@@ -216,6 +219,7 @@ def generate(
     overrides: dict | None = None,
     relax: bool = True,
     relax_model=None,
+    attempts: int = 1,
 ) -> list[Generated]:
     """Generate one molecule per composition from pure noise.
 
@@ -236,16 +240,48 @@ def generate(
         relax: relax every generated structure with MoreRed's default relaxation rule.
         relax_model: the model of that relaxation (default: the generating networks for ``jt`` /
             ``as``, the shipped JT model for ``ddpm``).
+        attempts: at most this many generations per composition: a result that is not valid (the
+            MoreRed paper's checker, :func:`morered.generation.metrics.check_molecule`) is generated
+            again from fresh noise (seeded from ``seed`` and the attempt), until valid or out of
+            attempts; ``Generated.attempts`` says how many ran.  1 (default): one generation each,
+            the protocol of every published validity number.
     """
     from morered.sampling.api import resolve_model
 
     if variant not in VARIANTS:
         raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    if attempts < 1:
+        raise OptionError(f"--attempts {attempts}: must be at least 1")
     try:
         lm = resolve_model(model, variant, device, time_model)
     except (FileNotFoundError, ValueError) as e:
         raise ModelError(str(e)) from e
     check_compositions(numbers_list, lm.elements, max_atoms or lm.max_atoms)
+    kw = dict(max_steps=max_steps, batch_size=batch_size, device=device, trajectory=trajectory, progress=progress,
+              snapshots=snapshots, overrides=overrides, relax=relax, relax_model=relax_model)
+    out = _generate_once(list(numbers_list), variant, lm, seed=seed, **kw)
+    for a in range(1, attempts):
+        redo = [k for k, g in enumerate(out) if not _valid(g)]
+        if not redo:
+            break
+        # fresh noise for this attempt: a seed of its own, derived from the user's seed
+        seed_a = int(np.random.SeedSequence([int(seed), 7919, a]).generate_state(1)[0] % (2**31))
+        again = _generate_once([numbers_list[k] for k in redo], variant, lm, seed=seed_a, attempt=a + 1, **kw)
+        for k, g in zip(redo, again):
+            g.attempts = a + 1
+            out[k] = g
+    return out
+
+
+def _valid(g: Generated) -> bool:
+    from morered.generation.metrics import check_molecule
+
+    return g.positions is not None and bool(check_molecule(g.numbers, g.positions).valid)
+
+
+def _generate_once(numbers_list, variant, lm, *, max_steps, batch_size, seed, device, trajectory, progress,
+                   snapshots, overrides, relax, relax_model, attempt: int = 1) -> list[Generated]:
+    """One generation per composition (:func:`generate` without the attempts); ``lm`` resolved."""
     opts = generation_options(variant, lm.schedule.T, max_steps, batch_size, seed, device)
     if overrides:
         opts = dataclasses.replace(opts, **overrides)
@@ -258,7 +294,8 @@ def generate(
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(mols), desc=f"generate ({variant})", unit="mol")
+        bar = tqdm(total=len(mols), desc=f"generate ({variant})" + (f", attempt {attempt}" if attempt > 1 else ""),
+                   unit="mol")
 
     def callback(ev):
         if trajectory:
@@ -335,6 +372,7 @@ def generate_atoms(
     device: str = "cpu",
     relax: bool = True,
     progress: bool = False,
+    attempts: int = 1,
 ):
     """New molecules as ASE ``Atoms`` (``morered.generate``): ``n`` per composition.
 
@@ -342,12 +380,13 @@ def generate_atoms(
         compositions: a sum formula (``"C7H10O2"``), a list of atomic numbers, an ``Atoms`` (its
             composition), or a list of any of these.
         n: molecules per composition.
-        variant, model, time_model, max_steps, batch_size, seed, device, relax, progress: as in
-            :func:`generate`.
+        variant, model, time_model, max_steps, batch_size, seed, device, relax, progress, attempts:
+            as in :func:`generate`.
 
     Returns:
         one ``Atoms`` per molecule, compositions in order; ``info`` holds ``morered_valid``,
-        ``morered_stable``, ``morered_steps``, ``morered_relax_steps``, ``morered_converged`` and,
+        ``morered_stable``, ``morered_steps``, ``morered_relax_steps``, ``morered_converged``,
+        ``morered_attempts`` and,
         when valid, ``morered_smiles``.  A molecule whose generation failed (non-finite model
         output) comes back with zero positions and the reason in ``info["morered_error"]``.
 
@@ -371,12 +410,12 @@ def generate_atoms(
              np.asarray(c.numbers if isinstance(c, Atoms) else c, dtype=np.int64))
         comps += [z] * n
     gen = generate(comps, variant, model, time_model=time_model, max_steps=max_steps, batch_size=batch_size,
-                   seed=seed, device=device, progress=progress, relax=relax)
+                   seed=seed, device=device, progress=progress, relax=relax, attempts=attempts)
     out = []
     for g in gen:
         a = Atoms(numbers=g.numbers, positions=g.positions if g.positions is not None else np.zeros((len(g.numbers), 3)))
         a.info.update(morered_steps=int(g.steps), morered_relax_steps=int(g.relax_steps),
-                      morered_converged=bool(g.converged))
+                      morered_converged=bool(g.converged), morered_attempts=int(g.attempts))
         if g.positions is None:
             a.info.update(morered_valid=False, morered_stable=False, morered_error=g.error)
         else:

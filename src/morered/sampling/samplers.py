@@ -79,6 +79,8 @@ class SamplerOptions:
         t_start: DDPM only: the step the input is taken to be at.
         stochastic: add the posterior noise sigma_t z at each step (DDPM's sampler).  Off by default
             for relaxation: the deterministic mean step lands closer to the minimum (README).
+        noise_scale: with ``stochastic``, the posterior noise is ``noise_scale * sigma_t z`` (1: DDPM;
+            below 1: a "low-temperature" sampler, fewer noise-driven rearrangements, less diversity).
         final_step: AS/JT, on convergence: ``mean`` (one last deterministic reverse step, the
             reference) or ``x0`` (jump to the clean structure the noise prediction implies).
         tail_t: AS/JT: a molecule whose adaptive phase ends (converged or plateau) continues
@@ -97,6 +99,10 @@ class SamplerOptions:
         jump: AS/JT adaptive phase: from the predicted step t, a deterministic DDIM jump to
             ``floor(t (1 - jump))`` (at least one step down) instead of the DDPM step to t - 1
             (0: off).
+        t_floor: AS/JT adaptive phase, with ``t_floor`` > 0: the step used after ``k`` reverse steps
+            is ``max(predicted, t_floor - k)``: the time head can hold the fixed schedule back (the
+            structure is noisier than the schedule says) but never run ahead of it; for generation
+            from x_T, where the time head saturates below T (0: off, the default).
         restart_patience, restart_t, max_restarts: AS/JT, with ``restart_patience`` > 0: a molecule
             whose predicted step has not reached a new minimum for ``restart_patience`` steps (and is
             still above ``t_conv``) is *re-noised* from its predicted step t to ``restart_t`` by the
@@ -115,6 +121,7 @@ class SamplerOptions:
     t_eq: int = DEFAULT_T_EQ
     t_start: int | None = None
     stochastic: bool = False
+    noise_scale: float = 1.0
     final_step: str = "mean"
     tail_t: int = DEFAULT_TAIL_T
     tail_steps: int = DEFAULT_TAIL_STEPS
@@ -122,6 +129,7 @@ class SamplerOptions:
     jump: float = DEFAULT_JUMP
     tail_scale: float = DEFAULT_TAIL_SCALE
     tail_t_max: int = DEFAULT_TAIL_T_MAX
+    t_floor: int = 0
     restart_patience: int = 0
     restart_t: int = 300
     max_restarts: int = 1
@@ -261,7 +269,7 @@ def _run(
     pending = list(range(n_total))[::-1]
     pool = _Pool(device)
     dtype = _model_dtype(model)
-    noise_scale = 1.0 if o.stochastic else 0.0
+    noise_scale = float(o.noise_scale) if o.stochastic else 0.0
     tail_t = max(0, min(int(o.tail_t), T))
     eq_tail_t = max(0, min(int(o.eq_tail_t), T))
     tail_stride = max(1, -(-tail_t // int(o.tail_steps))) if int(o.tail_steps) > 0 else 1
@@ -297,6 +305,14 @@ def _run(
                                                                                     dtype=torch.float64))
                 out = model(batch, None if not bool(fixed.any()) else t_given.to(device=device, dtype=dtype))
                 t_hat = torch.where(fixed, t_cur[mol], _round_steps(out[P.t_pred], T))
+                if int(o.t_floor) > 0:  # never below the fixed schedule t_floor, t_floor - 1, ...
+                    floor = (int(o.t_floor) - steps[mol]).clamp(min=0)
+                    lift = ~fixed & (floor > t_hat)
+                    if bool(lift.any()):
+                        t_hat = torch.where(lift, floor, t_hat)
+                        # the lifted molecules' noise conditioned on the step used; the others keep theirs
+                        eps = model(batch, (t_hat.double() / T).to(device=device, dtype=dtype))[P.eps_pred]
+                        out = {**out, P.eps_pred: torch.where(lift.to(device)[idx_m, None], eps, out[P.eps_pred])}
             else:
                 t_hat = t_cur[mol].clone()
                 out = model(batch, (t_hat.double() / T).to(device=device, dtype=dtype))
