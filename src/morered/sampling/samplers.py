@@ -79,8 +79,8 @@ class SamplerOptions:
         t_start: DDPM only: the step the input is taken to be at.
         stochastic: add the posterior noise sigma_t z at each step (DDPM's sampler).  Off by default
             for relaxation: the deterministic mean step lands closer to the minimum (README).
-        noise_scale: with ``stochastic``, the posterior noise is ``noise_scale * sigma_t z`` (1: DDPM;
-            below 1: a "low-temperature" sampler, fewer noise-driven rearrangements, less diversity).
+        noise_scale: with ``stochastic``, the posterior noise is ``noise_scale * sigma_t z`` (1: DDPM,
+            the default; generation from noise measured worse at 0.7-0.8 and 1.1-1.2: README).
         final_step: AS/JT, on convergence: ``mean`` (one last deterministic reverse step, the
             reference) or ``x0`` (jump to the clean structure the noise prediction implies).
         tail_t: AS/JT: a molecule whose adaptive phase ends (converged or plateau) continues
@@ -101,8 +101,9 @@ class SamplerOptions:
             (0: off).
         t_floor: AS/JT adaptive phase, with ``t_floor`` > 0: the step used after ``k`` reverse steps
             is ``max(predicted, t_floor - k)``: the time head can hold the fixed schedule back (the
-            structure is noisier than the schedule says) but never run ahead of it; for generation
-            from x_T, where the time head saturates below T (0: off, the default).
+            structure is noisier than the schedule says) but never run ahead of it (0: off, the
+            default).  Measured for generation: from T it diverges with a JT model, whose noise head
+            is trained on its own time prediction (never above ~900); from 500 no gain (README).
         restart_patience, restart_t, max_restarts: AS/JT, with ``restart_patience`` > 0: a molecule
             whose predicted step has not reached a new minimum for ``restart_patience`` steps (and is
             still above ``t_conv``) is *re-noised* from its predicted step t to ``restart_t`` by the
