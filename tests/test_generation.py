@@ -228,6 +228,25 @@ def test_cli_generate_attempts_are_recorded_and_summarised(tmp_path, tiny_model_
                  "-o", str(tmp_path / "x.xyz"), "--no-progress"]) == 2
 
 
+def test_cli_generate_threads(tmp_path, tiny_model_path):
+    import torch
+
+    from morered.cli.main import main
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["generate", "--composition", "CH4", "--max-steps", "2", "--threads", "1", "--no-relax",
+                     "--model", str(tiny_model_path), "-o", str(tmp_path / "g.xyz"), "--no-progress",
+                     "--no-novelty"]) == 0
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit) as e:  # argparse refuses a thread count below 1
+            main(["generate", "--composition", "CH4", "--threads", "0", "-o", str(tmp_path / "h.xyz")])
+        assert e.value.code == 2 and not (tmp_path / "h.xyz").exists()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_sdf_has_bonds_for_valid_molecules(tmp_path, qm9):
     from morered.cli.generate import write_generated
     from morered.generation.generate import Generated

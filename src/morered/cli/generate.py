@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from morered.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_model_flags
+from morered.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_model_flags, positive_int
 
 
 def add_parser(sub):
@@ -44,6 +44,9 @@ def add_parser(sub):
                    "as the reverse diffusion from noise left them")
     p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per molecule to DIR "
                    "(generation, then the final relaxation)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: "
+                   "torch's choice, all cores; on the 2-core machine 2 threads generated 1.01 molecules/s, one "
+                   "thread 0.72 (500 compositions))")
     p.add_argument("--no-novelty", action="store_true", help="skip novelty (needs the QM9 training SMILES)")
     p.add_argument("--no-progress", action="store_true")
     add_model_flags(p)
@@ -93,6 +96,10 @@ def run(args) -> int:
         lm = resolve_model(args.model, args.variant, args.device, args.time_model)
     except (FileNotFoundError, ValueError) as e:
         raise ModelError(str(e)) from e
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     max_atoms = args.max_atoms or lm.max_atoms
     comps = compositions(args, lm.elements, max_atoms)
     t0 = time.time()
