@@ -360,6 +360,48 @@ def test_max_time_is_the_budget_of_each_run(tmp_path):
     assert _summary(tmp_path)["global_step"] > first
 
 
+def test_cosine_lr_arithmetic():
+    from morered.training.base import cosine_lr
+
+    assert cosine_lr(0, 11, 1e-3, 1e-5) == pytest.approx(1e-3)
+    assert cosine_lr(5, 11, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))  # half way: the mean
+    assert cosine_lr(10, 11, 1e-3, 1e-5) == pytest.approx(1e-5)  # the last step runs at min_lr
+    assert cosine_lr(50, 11, 1e-3, 1e-5) == pytest.approx(1e-5)
+    lrs = [cosine_lr(k, 11, 1e-3, 0.0) for k in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert cosine_lr(0, 1, 1e-3, 0.0) == 1e-3
+
+
+def _lrs(out, version=None):
+    return [(int(r["step"]), float(r["lr"])) for r in _metrics(out, version) if r.get("lr")]
+
+
+def test_cosine_schedule_anneals_over_max_steps_and_survives_a_resume(tmp_path):
+    from morered.training.base import cosine_lr
+
+    over = {"optim.schedule": "cosine", "optim.lr": 1e-3, "optim.min_lr": 1e-5, "trainer.val_every_steps": 2}
+    train_mod.train(tiny_config("jt", **over, **{"trainer.max_steps": 6}), tmp_path)
+    first = _lrs(tmp_path)
+    assert [s for s, _ in first] == list(range(6))
+    assert [v for _, v in first] == pytest.approx([cosine_lr(k, 6, 1e-3, 1e-5) for k in range(6)])
+    assert first[-1][1] == pytest.approx(1e-5)  # validation losses did not touch it (no plateau schedule)
+    # a resume with a larger budget continues the step count on the new budget's curve
+    train_mod.train(tiny_config("jt", **over, **{"trainer.max_steps": 10}), tmp_path)
+    second = _lrs(tmp_path)
+    assert len(second) == 4  # steps 6..9 (the resumed run's logged step labels are Lightning's)
+    assert [v for _, v in second] == pytest.approx([cosine_lr(k, 10, 1e-3, 1e-5) for k in range(6, 10)])
+
+
+def test_schedule_options_are_checked():
+    with pytest.raises(ValueError, match="trainer.max_steps"):
+        load_config(None, {"optim.schedule": "cosine"})  # nothing to anneal over
+    with pytest.raises(ValueError, match="plateau or cosine"):
+        load_config(None, {"optim.schedule": "linear", "trainer.max_steps": 10})
+    with pytest.raises(ValueError, match="min_lr"):
+        load_config(None, {"optim.min_lr": 1.0, "optim.lr": 1e-3})
+    assert load_config(None, {"optim.schedule": "cosine", "trainer.max_steps": 10})["optim"]["schedule"] == "cosine"
+
+
 def test_ema_warmup_arithmetic():
     """decay_n = min(max, (1+n)/(10+n)): 0.1 at the first update, max after ~10/(1-max) updates;
     after N updates the EMA keeps far less of its random start than 0.999^N."""

@@ -1,5 +1,5 @@
 """Training machinery every model here shares: EMA weights with warm-up, skipped batches (on every
-DDP rank together), a plateau learning-rate schedule, the best-validation export and checkpoints
+DDP rank together), a plateau or cosine learning-rate schedule, the best-validation export and checkpoints
 of plain data.
 
 A subclass builds ``self.model`` and ``self.model_args`` and implements
@@ -82,6 +82,11 @@ class TrainingTask(pl.LightningModule):
                                    "the model has diverged (lower optim.lr?) or the data hold NaNs")
         else:
             self.consecutive_skips = 0
+            if o.get("schedule", "plateau") == "cosine":
+                lr = cosine_lr(self.global_step, int(self.config["trainer"]["max_steps"]), float(o["lr"]),
+                               float(o["min_lr"]))
+                for group in opt.param_groups:
+                    group["lr"] = lr
             opt.step()
             self.update_ema()
         self.log("skipped_batches", self.n_skipped.float(), prog_bar=True, batch_size=1)
@@ -118,7 +123,8 @@ class TrainingTask(pl.LightningModule):
         if val is None:
             return
         sch = self.lr_schedulers()
-        sch.step(float(val))
+        if sch is not None:  # plateau; the cosine schedule is set per step in training_step
+            sch.step(float(val))
         if float(val) < self.best_val:
             self.best_val = float(val)
             out = getattr(self, "export_path", None)
@@ -128,6 +134,8 @@ class TrainingTask(pl.LightningModule):
     def configure_optimizers(self):
         o = self.config["optim"]
         opt = torch.optim.AdamW(self.model.parameters(), lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
+        if o.get("schedule", "plateau") == "cosine":
+            return {"optimizer": opt}
         sch = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=float(o["lr_factor"]), patience=int(o["lr_patience"]), min_lr=float(o["min_lr"])
         )
@@ -147,6 +155,15 @@ class TrainingTask(pl.LightningModule):
 
     def best_or(self, val_loss: float | None):
         return val_loss if val_loss is not None else (None if math.isinf(self.best_val) else self.best_val)
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``total``: ``lr`` at the first step,
+    half-cosine down to ``min_lr`` at the last, ``min_lr`` beyond it."""
+    if total <= 1:
+        return lr if step <= 0 else min_lr
+    f = min(max(step, 0) / (total - 1), 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * f))
 
 
 def save_model(task: TrainingTask, path, val_loss: float | None = None) -> None:

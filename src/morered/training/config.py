@@ -120,6 +120,15 @@ def validate(cfg: dict) -> None:
         v = _get(cfg, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise OptionError(f"{key} must be a positive number, not {v!r}")
+    schedule = _get(cfg, "optim.schedule")
+    if schedule not in ("plateau", "cosine"):
+        raise OptionError(f"optim.schedule must be plateau or cosine, not {schedule!r}")
+    if schedule == "cosine" and _get(cfg, "trainer.max_steps") in (None, -1):
+        raise OptionError("optim.schedule=cosine anneals over trainer.max_steps: set it (--set trainer.max_steps=N; "
+                          "steps count from 0 in a warm start and on from the checkpoint in a resume)")
+    min_lr = _get(cfg, "optim.min_lr")
+    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0 <= min_lr <= float(_get(cfg, "optim.lr")):
+        raise OptionError(f"optim.min_lr must be a number in [0, optim.lr], not {min_lr!r}")
     minutes = _get(cfg, "trainer.checkpoint_every_minutes")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0):
         raise OptionError(f"trainer.checkpoint_every_minutes must be a number >= 0 (0: off), not {minutes!r}")
