@@ -92,6 +92,9 @@ for run in map(Path, args):
         soft = (config.get("diffusion") or {}).get("soft_modes") or {}
         if float(soft.get("fraction", 0)) > 0:  # soft-mode noise (morered.data.soft_modes)
             sets += [f"diffusion.soft_modes.{k}={v}" for k, v in soft.items()]
+        if config["optim"].get("schedule") == "cosine":  # the anneal is part of the recipe
+            sets += ["optim.schedule=cosine", f"optim.min_lr={config['optim']['min_lr']}",
+                     f"trainer.max_steps={config['trainer']['max_steps']}"]
         entry["command"] = (f"morered train --config src/morered/models/{kind}.yaml --init-from {init_from} "
                             f"--out {run} " + " ".join(f"--set {k}" for k in sets))
         entry["hardware"] = hardware
