@@ -72,6 +72,40 @@ def test_cache_avoids_recomputation_and_survives_a_new_process(tmp_path):
     assert float(out.stdout) == first[key]
 
 
+def test_cache_matches_a_geometry_moved_by_float_noise_only(tmp_path):
+    # the same structure relaxed by another version/thread count differs by ~1e-7 Å: enough to
+    # cross the key's 1e-6 Å rounding, not enough to change an energy
+    z, x = methane()
+    x = x.copy()
+    x[1, 0] = 0.6290005  # on a rounding edge of the key
+    path = tmp_path / "cache.jsonl"
+    calls = []
+    E.cached_energies([(z, x, {})], fake_energy(calls), E.EnergyCache(path), SETTINGS)
+    noisy = x.copy()
+    noisy[1, 0] += 2e-7
+    noisy[3, 2] -= 3e-7
+    assert E.geometry_key(z, noisy, SETTINGS) != E.geometry_key(z, x, SETTINGS)  # the key alone misses
+    cache = E.EnergyCache(path)
+    again = E.cached_energies([(z, noisy, {})], fake_energy(calls), cache, SETTINGS)
+    assert len(calls) == 1 and cache.last == {"reused": 1, "computed": 0}
+    assert list(again.values()) == [fake_energy([])(z, x)]
+    assert list(again) == [E.geometry_key(z, noisy, SETTINGS)]  # answered under the query's own key
+
+    # a real move (1e-4 Å), another level of theory or other atoms: computed, never matched
+    moved = x.copy()
+    moved[2, 1] += 1e-4
+    E.cached_energies([(z, moved, {})], fake_energy(calls), cache, SETTINGS)
+    E.cached_energies([(z, noisy, {})], fake_energy(calls), cache, {"level": "other"})
+    E.cached_energies([(np.array([6, 1, 1, 1, 9]), noisy, {})], fake_energy(calls), cache, SETTINGS)
+    assert len(calls) == 4 and cache.last == {"reused": 0, "computed": 1}
+
+    # lines written before positions were stored still match by key
+    old = tmp_path / "old.jsonl"
+    E.EnergyCache(old).put(E.geometry_key(z, x, SETTINGS), -40.5)
+    assert E.EnergyCache(old).find(E.geometry_key(z, x, SETTINGS)) == -40.5
+    assert E.EnergyCache(old).find(E.geometry_key(z, noisy, SETTINGS), E.geometry_group(z, SETTINGS), noisy) is None
+
+
 def test_cache_keeps_failures_and_ignores_a_cut_off_line(tmp_path):
     z, x = methane()
     path = tmp_path / "cache.jsonl"

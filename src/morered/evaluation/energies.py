@@ -8,7 +8,9 @@ above the reference minimum.
 
 DFT costs about a minute per QM9 molecule, so :class:`EnergyCache` keeps every single point in an
 append-only JSONL file keyed by :func:`geometry_key` (numbers, positions to 1e-6 Å, level of
-theory): reruns and resumed runs reuse them.  ANI-1x (ωB97X/6-31G(d) trained) costs milliseconds
+theory), with the geometry itself, so a structure that moved by float noise only (another
+version, thread count or machine: up to :data:`MATCH_TOL` Å per coordinate) finds its energy too:
+reruns and resumed runs reuse them.  ANI-1x (ωB97X/6-31G(d) trained) costs milliseconds
 per structure and serves as a screen while tuning (:func:`ani_energies`); the benchmark reports
 how well it tracks the DFT ΔE where both exist.
 """
@@ -99,6 +101,21 @@ DFT_SETTINGS = {"program": "pyscf", "method": "RKS", "xc": "b3lypg", "basis": "6
                 "density_fit": True, "conv_tol": 1e-9, "charge": 0, "spin": 0, "unit": "Hartree"}
 #: positions are rounded to this many decimals (Å) before hashing
 KEY_DECIMALS = 6
+#: a cached geometry serves a query whose positions differ by at most this (Å, every coordinate):
+#: float32 networks give positions that differ by ~1e-7 Å between versions, thread counts and
+#: machines, enough to cross the key's 1e-6 rounding; 1e-5 Å changes a B3LYP energy by < 1e-3
+#: kcal/mol even at 50 kcal/mol/Å of force
+MATCH_TOL = 1e-5
+
+
+def geometry_group(numbers, settings: dict) -> str:
+    """SHA-256 of (atomic numbers, settings): the cache's index of candidates for a tolerance match."""
+    import hashlib
+    import json
+
+    z = [int(v) for v in np.asarray(numbers).ravel()]
+    text = json.dumps({"numbers": z, "settings": settings}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def geometry_key(numbers, positions, settings: dict) -> str:
@@ -132,7 +149,9 @@ class EnergyCache:
 
     Each line is ``{"key": geometry_key, "energy": float or null, "error": str or null, ...}``
     (extra fields such as the formula and the seconds it took are kept for people reading the
-    file).  :meth:`put` appends and flushes one line at once, so an interrupted run keeps every
+    file); lines written through :func:`cached_energies` also hold ``group``
+    (:func:`geometry_group`) and ``positions`` (rounded to 1e-6 Å), so :meth:`find` can match a
+    geometry that moved by float noise only (lines without them match by key only).  :meth:`put` appends and flushes one line at once, so an interrupted run keeps every
     energy it finished and a resumed run (or another process) reads them back; a last line cut
     off mid-write is ignored.  ``path=None``: in memory only.  A failed calculation (SCF not
     converged) is stored with ``energy: null`` and its error, so it is not retried.
@@ -143,6 +162,7 @@ class EnergyCache:
 
         self.path = None if path is None else Path(path)
         self._data: dict[str, dict] = {}
+        self._groups: dict[str, list[dict]] = {}  # group -> records with positions (tolerance match)
         #: what the last :func:`cached_energies` call did: ``{"reused": n, "computed": m}``
         self.last: dict[str, int] = {}
         if self.path is not None and self.path.exists():
@@ -155,7 +175,12 @@ class EnergyCache:
                     except ValueError:  # a line cut off by an interrupted write
                         continue
                     if isinstance(rec, dict) and "key" in rec:
-                        self._data[rec["key"]] = rec
+                        self._add(rec)
+
+    def _add(self, rec: dict) -> None:
+        self._data[rec["key"]] = rec
+        if rec.get("group") and rec.get("positions") is not None:
+            self._groups.setdefault(rec["group"], []).append(rec)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -170,6 +195,24 @@ class EnergyCache:
             return None
         return float("nan") if rec.get("energy") is None else float(rec["energy"])
 
+    def find(self, key: str, group: str | None = None, positions=None, tol: float = MATCH_TOL) -> float | None:
+        """:meth:`get` by ``key``; failing that, the energy of the stored geometry of the same
+        ``group`` closest to ``positions`` if every coordinate lies within ``tol`` Å (None if none)."""
+        hit = self.get(key)
+        if hit is not None or group is None or positions is None:
+            return hit
+        x = np.asarray(positions, np.float64).ravel()
+        best, best_d = None, tol
+        for rec in self._groups.get(group, ()):
+            y = np.asarray(rec["positions"], np.float64).ravel()
+            if y.shape == x.shape:
+                d = float(np.abs(y - x).max())
+                if d <= best_d:
+                    best, best_d = rec, d
+        if best is None:
+            return None
+        return float("nan") if best.get("energy") is None else float(best["energy"])
+
     def put(self, key: str, energy: float, error: str | None = None, **info) -> None:
         """Store one energy (NaN with ``error`` for a failure) and append it to the file now."""
         import json
@@ -177,7 +220,7 @@ class EnergyCache:
 
         rec = {"key": key, "energy": None if energy is None or math.isnan(energy) else float(energy),
                "error": error, **info}
-        self._data[key] = rec
+        self._add(rec)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps(rec, separators=(",", ":")) + "\n"
@@ -191,7 +234,8 @@ def cached_energies(jobs, fn, cache: EnergyCache, settings: dict, progress: bool
                     desc: str = "single points") -> dict[str, float]:
     """Energies of ``jobs`` (``[(numbers, positions, info dict)]``) through ``cache``.
 
-    Geometries already in the cache cost nothing; the others are computed one by one with
+    Geometries already in the cache (by key, or within :data:`MATCH_TOL` Å of a stored one:
+    :meth:`EnergyCache.find`) cost nothing; the others are computed one by one with
     ``fn(numbers, positions)`` (duplicates once), each stored as soon as it is done, with a
     progress bar and ETA over those left to do.  An exception from ``fn`` (e.g. SCF not
     converged) is stored as NaN with its message.
@@ -207,20 +251,23 @@ def cached_energies(jobs, fn, cache: EnergyCache, settings: dict, progress: bool
     todo = {}
     for z, x, info in jobs:
         key = geometry_key(z, x, settings)
-        hit = cache.get(key)
+        group = geometry_group(z, settings)
+        hit = cache.find(key, group, x)
         if hit is not None:
             out[key] = hit
         elif key not in todo:
-            todo[key] = (z, x, info)
+            todo[key] = (z, x, info, group)
     cache.last = {"reused": len(out), "computed": len(todo)}
     with progress_bar(len(todo), desc, unit="sp", disable=not progress or not todo) as bar:
-        for key, (z, x, info) in todo.items():
+        for key, (z, x, info, group) in todo.items():
             t0 = time.perf_counter()
             try:
                 e, err = float(fn(z, x)), None
             except Exception as exc:  # a failed single point is a result (NaN), stored, not retried
                 e, err = float("nan"), f"{type(exc).__name__}: {exc}"
-            cache.put(key, e, err, seconds=round(time.perf_counter() - t0, 2), n_atoms=len(z), **info)
+            pos = [round(float(v), KEY_DECIMALS) + 0.0 for v in np.asarray(x, np.float64).ravel()]
+            cache.put(key, e, err, seconds=round(time.perf_counter() - t0, 2), n_atoms=len(z), **info,
+                      group=group, positions=pos)
             out[key] = e
             bar.update(1)
     return out
