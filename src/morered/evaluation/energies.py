@@ -108,14 +108,16 @@ KEY_DECIMALS = 6
 MATCH_TOL = 1e-5
 
 
-def geometry_group(numbers, settings: dict) -> str:
-    """SHA-256 of (atomic numbers, settings): the cache's index of candidates for a tolerance match."""
+def _sha256(obj: dict) -> str:
     import hashlib
     import json
 
-    z = [int(v) for v in np.asarray(numbers).ravel()]
-    text = json.dumps({"numbers": z, "settings": settings}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def geometry_group(numbers, settings: dict) -> str:
+    """SHA-256 of (atomic numbers, settings): the cache's index of candidates for a tolerance match."""
+    return _sha256({"numbers": [int(v) for v in np.asarray(numbers).ravel()], "settings": settings})
 
 
 def geometry_key(numbers, positions, settings: dict) -> str:
@@ -125,16 +127,11 @@ def geometry_key(numbers, positions, settings: dict) -> str:
     as given (not centred or aligned): a translated copy is another key (and costs one more single
     point), never a wrong hit.
     """
-    import hashlib
-    import json
-
     z = [int(v) for v in np.asarray(numbers).ravel()]
     x = np.round(np.asarray(positions, np.float64), KEY_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
     if x.shape != (len(z), 3) or not np.isfinite(x).all():
         raise ValueError(f"positions must be finite [{len(z)}, 3], not {x.shape}")
-    text = json.dumps({"numbers": z, "positions": [f"{v:.{KEY_DECIMALS}f}" for v in x.ravel()],
-                       "settings": settings}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _sha256({"numbers": z, "positions": [f"{v:.{KEY_DECIMALS}f}" for v in x.ravel()], "settings": settings})
 
 
 def default_dft_cache_path():
