@@ -148,9 +148,9 @@ class EnergyCache:
     (extra fields such as the formula and the seconds it took are kept for people reading the
     file); lines written through :func:`cached_energies` also hold ``group``
     (:func:`geometry_group`) and ``positions`` (rounded to 1e-6 Å), so :meth:`find` can match a
-    geometry that moved by float noise only (lines without them match by key only).  :meth:`put` appends and flushes one line at once, so an interrupted run keeps every
-    energy it finished and a resumed run (or another process) reads them back; a last line cut
-    off mid-write is ignored.  ``path=None``: in memory only.  A failed calculation (SCF not
+    geometry that moved by float noise only (lines without them match by key only).  :meth:`put`
+    appends and flushes one line at once, so an interrupted run keeps every energy it finished and
+    a resumed run (or another process) reads them back; a last line cut off mid-write is ignored.  ``path=None``: in memory only.  A failed calculation (SCF not
     converged) is stored with ``energy: null`` and its error, so it is not retried.
     """
 
