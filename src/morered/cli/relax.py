@@ -214,8 +214,9 @@ def report(summary, output, variant, kept=(), reference=None) -> int:
     target = output if summary.output_written else "no output file (nothing relaxed)"
     total = summary.read + summary.skipped
     resumed = f" ({summary.skipped} done before the resume)" if summary.skipped else ""
+    steps = f"{summary.median_steps():.0f}" if summary.relaxed else "–"  # none relaxed: no median
     print(f"{total} structures{resumed}: {summary.relaxed} relaxed ({stops}), median steps "
-          f"{summary.median_steps():.0f}, wall {summary.wall:.1f} s, "
+          f"{steps}, wall {summary.wall:.1f} s, "
           f"{summary.relaxed / max(summary.wall, 1e-9):.1f} structures/s -> {target}")
     if reference is not None:
         _report_rmsd(reference, [r for r, _ in kept], [res for _, res in kept])
