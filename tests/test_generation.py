@@ -6,6 +6,7 @@ import pytest
 from morered.errors import OptionError
 from morered.generation.generate import (generate, generation_options, initial_noise, parse_composition)
 from morered.generation.metrics import (bond_orders, check_molecule, check_molecules, summarize)
+from morered.sampling.samplers import SamplerOptions
 
 # methane: C at the origin, H at 1.09 Å on the tetrahedron's corners
 _TET = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], float) / np.sqrt(3)
@@ -78,8 +79,12 @@ def test_generation_does_not_inherit_relaxation_stopping_rules():
     o = generation_options("jt", 1000, max_steps=700)
     assert o.stochastic and o.patience == 0 and o.t_eq == -1 and o.t_conv == 10 and o.max_steps == 700
     assert o.tail_t == 0 and o.jump == 0.0 and o.eq_tail_t == 0  # relaxation's tails and DDIM jumps neither
+    # generation's own rule: a hovering run is re-noised (relaxation never is)
+    assert (o.restart_patience, o.restart_t, o.max_restarts) == (200, 300, 2)
+    assert SamplerOptions().restart_patience == 0
     d = generation_options("ddpm", 1000, max_steps=10)
     assert d.t_start == 1000 and d.max_steps == 1000  # the fixed schedule always runs all T steps
+    assert d.restart_patience == 0  # and has no predicted step to hover on
 
 
 def test_initial_noise_is_centred_and_independent_of_the_list_around_it():
@@ -184,6 +189,8 @@ def test_generation_benchmark_scores_each_variant_as_generated_and_relaxed(tmp_p
     assert "then relaxed" in (tmp_path / "summary.md").read_text()
     meta = json.loads((tmp_path / "summary.json").read_text())["meta"]
     assert meta["relax"] is True and meta["model"] == str(tiny_model_path)
+    assert meta["restart"] == {"patience": 200, "t": 300, "max_restarts": 2}  # the sampler rule it ran with
+    assert "re-noised to t = 300 after 200 steps" in (tmp_path / "summary.md").read_text()
     # a run with a given model says so instead of "Shipped models"
     assert (tmp_path / "summary.md").read_text().splitlines()[2].startswith(f"Model {tiny_model_path};")
     assert (tmp_path / "validity_vs_max_steps.png").exists()
@@ -266,7 +273,8 @@ def test_cli_sdf_has_bonds_for_valid_molecules(tmp_path, qm9):
 
 
 @pytest.mark.parametrize("args", [["--composition", "Xy2"], ["--composition", "C0H4"], ["--composition", "C500"],
-                                  ["--composition", "C3H8", "-n", "0"], ["--from-test", "0"]])
+                                  ["--composition", "C3H8", "-n", "0"], ["--from-test", "0"],
+                                  ["--composition", "C3H8", "--restart-patience", "-1"]])
 def test_cli_generate_refuses_bad_input(tmp_path, tiny_model_path, capsys, args):
     from morered.cli.main import main
 
@@ -275,3 +283,24 @@ def test_cli_generate_refuses_bad_input(tmp_path, tiny_model_path, capsys, args)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("given, variant, expected", [([], "jt", {"restart_patience": 200}),
+                                                      (["--restart-patience", "0"], "jt", {"restart_patience": 0}),
+                                                      ([], "ddpm", None)])
+def test_cli_generate_passes_the_restart_rule_to_the_sampler(tmp_path, tiny_model_path, monkeypatch, given, variant,
+                                                             expected):
+    import morered.generation.generate as G
+    from morered.cli.main import main
+
+    seen = {}
+
+    def fake_generate(comps, variant, model, **kw):
+        seen.update(kw)
+        raise SystemExit(0)  # the options are all this test needs
+
+    monkeypatch.setattr(G, "generate", fake_generate)
+    with pytest.raises(SystemExit):
+        main(["generate", "--composition", "C3H8", "--variant", variant, "--model", str(tiny_model_path),
+              "-o", str(tmp_path / "g.xyz"), "--no-progress", *given])
+    assert seen["overrides"] == expected

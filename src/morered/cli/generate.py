@@ -8,7 +8,8 @@ from morered.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_model_flags, posit
 
 
 def add_parser(sub):
-    from morered.generation.generate import GENERATION_MAX_STEPS
+    from morered.generation.generate import (GENERATION_MAX_RESTARTS, GENERATION_MAX_STEPS,
+                                             GENERATION_RESTART_PATIENCE, GENERATION_RESTART_T)
 
     p = sub.add_parser("generate", help="generate new molecules from pure noise for given compositions",
                        description="Generate molecules from pure noise: x_T ~ centred N(0, I) for each "
@@ -33,6 +34,10 @@ def add_parser(sub):
                    "schedule with the shipped ddpm model)")
     p.add_argument("--max-steps", type=int, default=GENERATION_MAX_STEPS, help="jt/as: most reverse steps per "
                    "molecule (default %(default)s); ddpm always runs all T steps")
+    p.add_argument("--restart-patience", type=int, default=GENERATION_RESTART_PATIENCE, metavar="N",
+                   help="jt/as: re-noise a run whose predicted step has not reached a new minimum for N steps "
+                   "to t = %d, at most %d times (default %%(default)s; 0: off, the paper's plain adaptive "
+                   "schedule)" % (GENERATION_RESTART_T, GENERATION_MAX_RESTARTS))
     p.add_argument("--seed", type=int, default=0, help="seed of the compositions drawn, x_T and the sampler "
                    "noise (same seed and batch size: same molecules)")
     p.add_argument("--attempts", type=int, default=1, metavar="K", help="generate a composition again from "
@@ -92,6 +97,8 @@ def run(args) -> int:
         check_output_dir(args.trajectory, "--trajectory")
     if args.max_steps < 1 or args.batch_size < 1 or args.attempts < 1:
         raise OptionError("--max-steps, --batch-size and --attempts must be at least 1")
+    if args.restart_patience < 0:
+        raise OptionError(f"--restart-patience {args.restart_patience}: must be 0 (off) or more")
     try:
         lm = resolve_model(args.model, args.variant, args.device, args.time_model)
     except (FileNotFoundError, ValueError) as e:
@@ -105,7 +112,8 @@ def run(args) -> int:
     t0 = time.time()
     gen = generate(comps, args.variant, lm, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
                    device=args.device, trajectory=bool(args.trajectory), progress=not args.no_progress,
-                   max_atoms=max_atoms, relax=not args.no_relax, attempts=args.attempts)
+                   max_atoms=max_atoms, relax=not args.no_relax, attempts=args.attempts,
+                   overrides=None if args.variant == "ddpm" else {"restart_patience": args.restart_patience})
     wall = time.time() - t0
     refused = [(k, g) for k, g in enumerate(gen) if g.relax_error]
     for k, g in refused[:5]:

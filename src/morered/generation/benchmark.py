@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from morered.generation.generate import compositions_from_test, formula, generate
+from morered.generation.generate import (GENERATION_MAX_RESTARTS, GENERATION_RESTART_PATIENCE, GENERATION_RESTART_T,
+                                         compositions_from_test, formula, generate)
 from morered.generation.metrics import CHECKERS, check_molecules, summarize, training_smiles
 
 #: published rows (SPEC §7 and §14): valid / valid+unique / valid+unique+novel %, and EDM's
@@ -104,7 +105,9 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
         ase.io.write(out / f"generated_{v}.extxyz", frames, format="extxyz")
     meta = {"n": n, "seed": seed, "max_steps": max_steps, "batch_size": batch_size, "device": device, "relax": relax,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-            "model": "shipped" if model is None else str(model), "checkers": CHECKERS}
+            "model": "shipped" if model is None else str(model), "checkers": CHECKERS,
+            "restart": {"patience": GENERATION_RESTART_PATIENCE, "t": GENERATION_RESTART_T,
+                        "max_restarts": GENERATION_MAX_RESTARTS}}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "results": summary, "sweep": sweeps}, indent=1))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -124,7 +127,10 @@ def markdown_table(summary: dict, meta: dict) -> str:
     lines = [f"# Generation from noise: {meta['n']} compositions from the QM9 test split (seed {meta['seed']})", "",
              (f"Model {meta['model']}" if meta.get("model", "shipped") != "shipped" else "Shipped models")
              + f"; max steps {meta['max_steps']} (adaptive), batch {meta['batch_size']}, "
-             f"{meta['device']}, {meta['threads']} torch thread(s). Valid = RDKit-sanitisable and connected "
+             + (f"a hovering adaptive run re-noised to t = {meta['restart']['t']} after "
+                f"{meta['restart']['patience']} steps without a new lowest step (at most "
+                f"{meta['restart']['max_restarts']} times), " if meta.get("restart", {}).get("patience") else "")
+             + f"{meta['device']}, {meta['threads']} torch thread(s). Valid = RDKit-sanitisable and connected "
              "(EDM's bond tables); stability = EDM's; novelty against the QM9 training split. "
              "'then relaxed': the same run's structures after MoreRed's default relaxation rule "
              "(steps: generation + relaxation; molecules/s for both).", "",
