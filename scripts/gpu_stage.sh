@@ -72,7 +72,7 @@ model=${1:?usage: gpu_stage.sh MODEL SECONDS}
 seconds=${2:-520}
 init_args="--init-from src/morered/models/${MORERED_INIT:-$model}.pt"
 # a model file instead of a shipped name, e.g. the handed-on warm start:
-#   MORERED_INIT=benchmarks/results/warm_start/jt_stage11.pt
+#   MORERED_INIT=benchmarks/results/warm_start/jt_stage12.pt
 case "${MORERED_INIT:-}" in *.pt) init_args="--init-from $MORERED_INIT" ;; esac
 [ "${MORERED_INIT:-}" = "none" ] && init_args=""
 out=runs/gpu/$model
