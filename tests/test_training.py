@@ -473,3 +473,72 @@ def test_init_from_jt_gives_a_ddpm_or_time_network_its_matching_parts(tiny_model
     exported = torch.load(path, weights_only=True)["state_dict"]
     noise = [k for k in exported if k.startswith("noise_head")]
     assert noise and all(torch.equal(jt.model.state_dict()[k], exported[k]) for k in noise)
+
+
+def test_init_from_a_shallower_network_grows_it_without_changing_its_function(tiny_model_path, test_molecules):
+    """A deeper PaiNN (more blocks, same width) starts from a shallower model file: the file's
+    blocks are copied, the new ones are identity maps (same outputs, both kernels), and the zeroed
+    last layers of the new blocks receive gradients, so they train."""
+    from morered.training.task import init_from_model
+
+    source = load_model(tiny_model_path).model
+    rep = dict(tiny_config("jt")["model"]["representation"])
+    torch.manual_seed(11)
+    task = DiffusionTask(tiny_config("jt", **{"model.representation": {**rep, "n_interactions": rep["n_interactions"] + 2}}))
+    info = init_from_model(task, tiny_model_path)
+    n = rep["n_interactions"]
+    assert info["grown"] == f"{n} -> {n + 2} blocks" and info["fresh"] == []
+    deep = task.model.representation
+    assert len(deep.interactions) == n + 2
+    batch = test_molecules.batch(range(4))
+    t_norm = torch.tensor([0.05, 0.2, 0.5, 0.9])
+    for module in (task.model, task.ema):
+        for kernel in ("auto", "edges"):
+            source.kernel = module.kernel = kernel
+            with torch.no_grad():
+                want, got = source(batch, t_norm), module(batch, t_norm)
+                want_own, got_own = source(batch), module(batch)
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got_own[P.t_pred], want_own[P.t_pred], rtol=1e-5, atol=1e-6)
+    # the new blocks train: their zeroed last layers get gradients from the first step
+    task.model.kernel = "auto"
+    task.model.zero_grad()
+    out = task.model(batch, t_norm)
+    (out[P.eps_pred] ** 2).sum().backward()
+    for k in (n, n + 1):
+        assert deep.interactions[k].phi[-1].weight.abs().max() == 0
+        assert deep.interactions[k].phi[-1].weight.grad.abs().max() > 0
+    assert deep.mixing[n + 1].intra[-1].weight.grad.abs().max() > 0
+    # the old blocks' filters are the file's, the new ones keep their own initialisation
+    saved = torch.load(tiny_model_path, weights_only=True)["state_dict"]["representation.filter_net.weight"]
+    assert torch.equal(deep.filter_net.weight[: saved.shape[0]], saved)
+    assert deep.filter_net.weight[saved.shape[0]:].abs().max() > 0
+    # shallower than the file, or another width: refused
+    for other in ({**rep, "n_interactions": 1}, {**rep, "n_features": rep["n_features"] * 2, "n_interactions": n + 1}):
+        with pytest.raises(ValueError, match="differs"):
+            init_from_model(DiffusionTask(tiny_config("jt", **{"model.representation": other})), tiny_model_path)
+
+
+def test_a_force_field_grows_from_its_shallower_self(tmp_path):
+    """The same warm start for the force field: energies and forces unchanged after growing."""
+    from test_forcefield import batch as ff_batch, synthetic_labels
+
+    from morered.forcefield.model import load_forcefield
+    from morered.training.forcefield import ForceFieldTask
+    from morered.training.task import init_from_model
+
+    synthetic_labels(tmp_path / "labels.npz")
+    over = {"forcefield.labels": str(tmp_path / "labels.npz"), "data.batch_size": 4, "trainer.max_steps": 2,
+            "trainer.val_every_steps": 2}
+    path = train_mod.train(tiny_config("forcefield", **over), tmp_path / "run")
+    rep = dict(tiny_config("forcefield")["model"]["representation"])
+    cfg = tiny_config("forcefield", **over, **{"model.representation": {**rep, "n_interactions": rep["n_interactions"] + 1}})
+    torch.manual_seed(3)
+    task = ForceFieldTask(cfg, torch.load(path, weights_only=True)["dataset_info"])
+    assert init_from_model(task, path)["grown"] is not None
+    b = ff_batch()
+    b[P.R] = b[P.R].float()
+    want, got = load_forcefield(path)(b), task.ema(b)
+    torch.testing.assert_close(got[P.energy], want[P.energy], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got[P.forces], want[P.forces], rtol=1e-5, atol=1e-5)

@@ -134,6 +134,40 @@ class PaiNN(nn.Module):
         #: smallest of a group are padded into it (fewer, larger kernel calls; not a weight)
         self.bucket_ratio = BUCKET_RATIO
 
+    def load_shallower(self, state: dict[str, torch.Tensor], n_from: int) -> None:
+        """Load the weights of a PaiNN of the same width with ``n_from`` < ``n_interactions`` blocks
+        so that this deeper network computes exactly the same function (a warm start that grows).
+
+        ``state`` is the shallower network's ``state_dict`` (keys relative to this module).  Its
+        blocks become blocks ``0 .. n_from - 1``; the blocks appended after them start as identity
+        maps: the last layer of their message network (``phi``) and of their update network
+        (``intra``) are zero, so they add nothing until training moves them (their inputs and the
+        gradients reaching those last layers are not zero, so they do train).  Their distance
+        filters keep this network's fresh initialisation.
+        """
+        if not 0 < n_from < self.n_interactions:
+            raise ValueError(f"can grow from 1 .. {self.n_interactions - 1} blocks, not {n_from}")
+        own = self.state_dict()
+        state = dict(state)
+        if not self.shared_filters:  # the filters of all blocks are one matrix: keep the new rows
+            rows = 3 * self.n_features * n_from
+            for key in ("filter_net.weight", "filter_net.bias"):
+                if state[key].shape[0] != rows:
+                    raise ValueError(f"{key}: {tuple(state[key].shape)} is not a {n_from}-block filter")
+                grown = own[key].clone()
+                grown[:rows] = state[key]
+                state[key] = grown
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        new = {f"{part}.{k}." for k in range(n_from, self.n_interactions) for part in ("interactions", "mixing")}
+        missing = [k for k in missing if not any(k.startswith(b) for b in new)]
+        if missing or unexpected:
+            raise ValueError(f"not a shallower PaiNN of this width: missing {missing}, unexpected {unexpected}")
+        with torch.no_grad():
+            for k in range(n_from, self.n_interactions):
+                for last in (self.interactions[k].phi[-1], self.mixing[k].intra[-1]):
+                    last.weight.zero_()
+                    last.bias.zero_()
+
     def _filters(self, d: torch.Tensor) -> list[torch.Tensor]:
         """Distance filters of every block for distances ``d`` [...] -> list of [..., 3F]."""
         shape = d.shape

@@ -106,22 +106,47 @@ def init_from_model(task: DiffusionTask, path) -> dict:
     (every model argument except which heads there are) must match the config's.  The heads may
     differ: a noise-only (DDPM) or time-only network can start from a JT model's representation
     and its matching head; a head the file lacks starts from its fresh initialisation (listed
-    under ``"fresh"`` in the returned dict).  Returns the file's contents (without weights).
+    under ``"fresh"`` in the returned dict).  A PaiNN representation may also be *deeper* than the
+    file's (``model.representation.n_interactions`` larger, all else equal): the file's blocks are
+    loaded and the new ones appended as identity maps (:meth:`PaiNN.load_shallower`), so training
+    continues from the same function with more capacity (``"grown"``: blocks before -> after).
+    Returns the file's contents (without weights).
     """
     d = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(d, dict) or "state_dict" not in d or "model_args" not in d:
         raise ValueError(f"{path}: not a morered model file (no model_args / state_dict)")
     mine = {k: v for k, v in task.model_args.items() if k not in HEAD_FLAGS}
     theirs = {k: v for k, v in d["model_args"].items() if k not in HEAD_FLAGS}
-    if mine != theirs:
+    n_from, n_to = _depths(mine, theirs)
+    if mine != theirs and n_from is None:
         raise ValueError(f"{path}: its network {d['model_args']} differs from the config's {task.model_args}; "
-                         "set model.* to match it")
+                         "set model.* to match it (only model.representation.n_interactions may be larger)")
     target = task.model.state_dict()
-    weights = {k: v for k, v in d["state_dict"].items() if k in target}
-    fresh = sorted({k.split(".")[0] for k in target if k not in weights})
+    rep = "representation."
+    weights = {k: v for k, v in d["state_dict"].items() if k in target and not (n_from and k.startswith(rep))}
+    fresh = sorted({k.split(".")[0] for k in target if k not in weights and not (n_from and k.startswith(rep))})
     task.model.load_state_dict(weights, strict=False)
-    task.ema.load_state_dict(weights, strict=False)
-    return {**{k: v for k, v in d.items() if k != "state_dict"}, "fresh": fresh}
+    if n_from:
+        task.model.representation.load_shallower(
+            {k[len(rep):]: v for k, v in d["state_dict"].items() if k.startswith(rep)}, n_from)
+        task.ema.load_state_dict(task.model.state_dict())
+    else:
+        task.ema.load_state_dict(weights, strict=False)
+    return {**{k: v for k, v in d.items() if k != "state_dict"}, "fresh": fresh,
+            "grown": f"{n_from} -> {n_to} blocks" if n_from else None}
+
+
+def _depths(mine: dict, theirs: dict) -> tuple[int | None, int | None]:
+    """``(blocks in the file, blocks in the config)`` when the two networks differ only in a
+    larger number of PaiNN blocks in the config, else ``(None, None)``."""
+    a, b = dict(mine.get("representation") or {}), dict(theirs.get("representation") or {})
+    n_to, n_from = a.pop("n_interactions", None), b.pop("n_interactions", None)
+    same_rest = {k: v for k, v in mine.items() if k != "representation"} == \
+        {k: v for k, v in theirs.items() if k != "representation"}
+    if (a.get("name", "painn") == "painn" and a == b and same_rest and isinstance(n_from, int)
+            and isinstance(n_to, int) and n_from < n_to):
+        return n_from, n_to
+    return None, None
 
 
 def export_dict(task: DiffusionTask, val_loss: float | None = None) -> dict:
