@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -231,6 +232,12 @@ class _StopCallback(Callback):
             trainer.should_stop = True
 
 
+#: Lightning warns that checkpoints of manually optimised modules hold the weights *after* the
+#: step (and prints example code into every training log).  That is what ``last.ckpt`` is for
+#: here: resuming from where training stood.  Silenced by its text during ``fit``, nothing else.
+QUIET_WARNING = "Using ModelCheckpoint with manual optimization"
+
+
 def build_trainer(cfg: dict, out: Path, extra_callbacks=()) -> pl.Trainer:
     tr = cfg["trainer"]
     ckpt_dir = out / "checkpoints"
@@ -365,7 +372,9 @@ def _train(cfg, out, stop, train_dl, val_dl, info, skipped, task=None) -> Path:
     stop.trainer = trainer
     t0 = time.time()
     try:
-        trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=QUIET_WARNING)
+            trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
     except SystemExit:
         # Lightning ends a run stopped by SIGTERM (SIGTERMException) or a second Ctrl-C
         # (sys.exit(1)) this way, after OnExceptionCheckpoint saved last.ckpt
