@@ -547,3 +547,86 @@ def test_a_force_field_grows_from_its_shallower_self(tmp_path):
     want, got = load_forcefield(path)(b), task.ema(b)
     torch.testing.assert_close(got[P.energy], want[P.energy], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(got[P.forces], want[P.forces], rtol=1e-5, atol=1e-5)
+
+
+def test_init_from_a_narrower_network_widens_it_without_changing_its_function(tiny_model_path, test_molecules):
+    """A wider PaiNN (more features, same depth) starts from a narrower model file: the file's
+    weights sit in the first channels of every chunk, the weights from new channels into old ones
+    are zero, so the outputs are unchanged (both kernels, model and EMA), while the new channels
+    carry values and the zero weights get gradients (they train)."""
+    from morered.training.task import init_from_model
+
+    source = load_model(tiny_model_path).model
+    rep = dict(tiny_config("jt")["model"]["representation"])
+    f = rep["n_features"]
+    torch.manual_seed(5)
+    task = DiffusionTask(tiny_config("jt", **{"model.representation": {**rep, "n_features": f + 8}}))
+    info = init_from_model(task, tiny_model_path)
+    assert info["grown"] == f"{f} -> {f + 8} features" and info["fresh"] == []
+    batch = test_molecules.batch(range(4))
+    t_norm = torch.tensor([0.05, 0.2, 0.5, 0.9])
+    for module in (task.model, task.ema):
+        for kernel in ("auto", "edges"):
+            source.kernel = module.kernel = kernel
+            with torch.no_grad():
+                want, got = source(batch, t_norm), module(batch, t_norm)
+                want_own, got_own = source(batch), module(batch)
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(got_own[P.eps_pred], want_own[P.eps_pred], rtol=1e-5, atol=1e-6)
+    wide = task.model
+    wide.kernel = "auto"
+    with torch.no_grad():
+        s, v = wide.represent(batch)
+    assert s[:, f:].abs().max() > 0 and v[..., f:].abs().max() > 0  # the new channels carry values
+    wide.zero_grad()
+    out = wide(batch, t_norm)
+    ((out[P.eps_pred] ** 2).sum() + (out[P.t_pred] ** 2).sum()).backward()
+    phi0 = wide.representation.interactions[1].phi[0]
+    assert phi0.weight[:f, f:].abs().max() == 0 and phi0.weight.grad[:f, f:].abs().max() > 0
+    first = wide.noise_head.blocks[0].scalar_net[0]  # input [s (f + 8), t/T, |Vv|], output f + 8 hidden
+    assert first.weight[:f, f:f + 8].abs().max() == 0 and first.weight.grad[:f, f:f + 8].abs().max() > 0
+    assert first.weight[f:, f:f + 8].abs().max() > 0  # new hidden units read new channels from the start
+    # narrower than the file: refused
+    with pytest.raises(ValueError, match="differs"):
+        init_from_model(DiffusionTask(tiny_config("jt", **{"model.representation": {**rep, "n_features": f - 4}})),
+                        tiny_model_path)
+
+
+def test_widening_refuses_a_network_with_an_undescribed_layer(tiny_model_path):
+    from morered.nn.blocks import Dense
+    from morered.nn.widen import check_widening
+
+    model = load_model(tiny_model_path).model
+    check_widening(model)
+    model.extra = Dense(4, 4)
+    with pytest.raises(ValueError, match="extra"):
+        check_widening(model)
+
+
+def test_a_force_field_with_dens_widens_from_its_narrower_self(tmp_path):
+    """Energies, forces and the DeNS noise prediction unchanged after widening a force field."""
+    from test_forcefield import batch as ff_batch, synthetic_labels
+
+    from morered.forcefield.model import load_forcefield
+    from morered.training.forcefield import ForceFieldTask
+    from morered.training.task import init_from_model
+
+    synthetic_labels(tmp_path / "labels.npz")
+    over = {"forcefield.labels": str(tmp_path / "labels.npz"), "data.batch_size": 4, "trainer.max_steps": 2,
+            "trainer.val_every_steps": 2, "forcefield.dens": True}
+    path = train_mod.train(tiny_config("forcefield", **over), tmp_path / "run")
+    rep = dict(tiny_config("forcefield")["model"]["representation"])
+    cfg = tiny_config("forcefield", **over, **{"model.representation": {**rep, "n_features": rep["n_features"] + 6}})
+    torch.manual_seed(4)
+    task = ForceFieldTask(cfg, torch.load(path, weights_only=True)["dataset_info"])
+    assert "features" in init_from_model(task, path)["grown"]
+    b = ff_batch()
+    b[P.R] = b[P.R].float()
+    f_in = torch.randn(b[P.R].shape) * 0.1
+    ref = load_forcefield(path)
+    for kernel in ("auto", "edges"):
+        ref.kernel = task.ema.kernel = kernel
+        want, got = ref(b, force_input=f_in), task.ema(b, force_input=f_in)
+        for key in (P.energy, P.forces, P.noise_pred):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-4)

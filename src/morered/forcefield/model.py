@@ -34,6 +34,7 @@ from morered.nn.blocks import RADIAL, Dense, cosine_cutoff, mlp
 from morered.nn.heads import GatedEquivariantBlock
 from morered.nn.model import KernelChoice, use_dense_kernel
 from morered.nn.painn import PaiNN, PaiNNInteraction, PaiNNMixing
+from morered.nn.widen import dense_layout, gated_layout, mlp_layout
 
 REPRESENTATIONS = {"painn": PaiNN}
 
@@ -64,6 +65,14 @@ class ForceInput(nn.Module):
         v_new = v + force[:, :, None] * g[:, None, :]
         return s_new, v_new
 
+    def channel_layouts(self, out: dict, p: str) -> None:
+        """Where the channels of the dense layers sit (:mod:`morered.nn.widen`)."""
+        F_ = self.scalar[1].out_features
+        dense_layout(out, p + "scalar.0.", self.scalar[0], [F_], [1])
+        dense_layout(out, p + "scalar.1.", self.scalar[1], [F_], [F_])
+        dense_layout(out, p + "gate.0.", self.gate[0], [F_], [F_, 1])  # input [s, |f|]
+        dense_layout(out, p + "gate.1.", self.gate[1], [F_], [F_])
+
 
 class NoisePredictionHead(nn.Module):
     """Equivariant per-atom 3-vector (eps/sigma) from ``(s, v)``; not re-centred."""
@@ -81,6 +90,11 @@ class NoisePredictionHead(nn.Module):
         for b in self.blocks:
             s, v = b(s, v)
         return v[..., 0]
+
+    def channel_layouts(self, out: dict, p: str) -> None:
+        """Where the channels of the dense layers sit (:mod:`morered.nn.widen`)."""
+        for k, b in enumerate(self.blocks):
+            gated_layout(out, f"{p}blocks.{k}.", b, [b.scalar_net[0].in_features - b.n_vout])
 
 
 class ForceField(nn.Module):
@@ -127,6 +141,12 @@ class ForceField(nn.Module):
 
     def edges(self, batch):
         return batch_edges(batch, self.graph, self.graph_cutoff)
+
+    def channel_layouts(self, out: dict, p: str) -> None:
+        """The layers outside the representation and the heads (:mod:`morered.nn.widen`)."""
+        F_ = self.representation.n_features
+        dense_layout(out, p + "filter_net.", self.filter_net, [F_] * 3, [self.filter_net.in_features])
+        mlp_layout(out, p + "energy_head.", self.energy_head)
 
     def features(self, Z, R, edges, force_input=None, n_atoms=None):
         """Atom features after the representation, the force input and the last message block;

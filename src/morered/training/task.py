@@ -110,6 +110,10 @@ def init_from_model(task: DiffusionTask, path) -> dict:
     file's (``model.representation.n_interactions`` larger, all else equal): the file's blocks are
     loaded and the new ones appended as identity maps (:meth:`PaiNN.load_shallower`), so training
     continues from the same function with more capacity (``"grown"``: blocks before -> after).
+    Or it may be *wider* (``model.representation.n_features`` larger, all else equal): every layer
+    of the file sits in the first channels of the wider one and the weights from the new channels
+    into the old ones are zero (:func:`morered.nn.widen.load_narrower`; ``"grown"``: features
+    before -> after).  One of the two per warm start.
     Returns the file's contents (without weights).
     """
     d = torch.load(path, map_location="cpu", weights_only=True)
@@ -118,9 +122,13 @@ def init_from_model(task: DiffusionTask, path) -> dict:
     mine = {k: v for k, v in task.model_args.items() if k not in HEAD_FLAGS}
     theirs = {k: v for k, v in d["model_args"].items() if k not in HEAD_FLAGS}
     n_from, n_to = _depths(mine, theirs)
-    if mine != theirs and n_from is None:
+    f_from, f_to = _grown(mine, theirs, "n_features")
+    if mine != theirs and n_from is None and f_from is None:
         raise ValueError(f"{path}: its network {d['model_args']} differs from the config's {task.model_args}; "
-                         "set model.* to match it (only model.representation.n_interactions may be larger)")
+                         "set model.* to match it (model.representation.n_interactions or n_features may be "
+                         "larger, one of them per warm start)")
+    if f_from:
+        return _init_wider(task, d, f_from, f_to)
     target = task.model.state_dict()
     rep = "representation."
     weights = {k: v for k, v in d["state_dict"].items() if k in target and not (n_from and k.startswith(rep))}
@@ -139,8 +147,30 @@ def init_from_model(task: DiffusionTask, path) -> dict:
 def _depths(mine: dict, theirs: dict) -> tuple[int | None, int | None]:
     """``(blocks in the file, blocks in the config)`` when the two networks differ only in a
     larger number of PaiNN blocks in the config, else ``(None, None)``."""
+    return _grown(mine, theirs, "n_interactions")
+
+
+def _init_wider(task, d: dict, f_from: int, f_to: int) -> dict:
+    """Widening warm start (:func:`morered.nn.widen.load_narrower`): the file's network, rebuilt
+    with its own arguments, is loaded into the config's wider one with the same function."""
+    from morered.nn.widen import check_widening, load_narrower
+
+    narrow = type(task.model)(**d["model_args"])  # DiffusionModel or ForceField, as the file says
+    narrow.load_state_dict(d["state_dict"])
+    check_widening(task.model)
+    load_narrower(task.model, narrow.state_dict(), narrow)
+    task.ema.load_state_dict(task.model.state_dict())
+    own = task.model.state_dict()
+    fresh = sorted({k.split(".")[0] for k in own if k not in d["state_dict"]})
+    return {**{k: v for k, v in d.items() if k != "state_dict"}, "fresh": fresh,
+            "grown": f"{f_from} -> {f_to} features"}
+
+
+def _grown(mine: dict, theirs: dict, field: str) -> tuple[int | None, int | None]:
+    """``(file's value, config's value)`` of PaiNN's ``field`` when the two networks differ only
+    in a larger value of it in the config, else ``(None, None)``."""
     a, b = dict(mine.get("representation") or {}), dict(theirs.get("representation") or {})
-    n_to, n_from = a.pop("n_interactions", None), b.pop("n_interactions", None)
+    n_to, n_from = a.pop(field, None), b.pop(field, None)
     same_rest = {k: v for k, v in mine.items() if k != "representation"} == \
         {k: v for k, v in theirs.items() if k != "representation"}
     if (a.get("name", "painn") == "painn" and a == b and same_rest and isinstance(n_from, int)

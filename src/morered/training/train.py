@@ -359,7 +359,8 @@ def _train(cfg, out, stop, train_dl, val_dl, info, skipped, task=None) -> Path:
         log.info("warm start from %s (its %s model, step %s, val loss %s)%s", cfg["init_from"],
                  start.get("model_type"), start.get("global_step"), start.get("val_loss"),
                  (f"; freshly initialised: {', '.join(start['fresh'])}" if start["fresh"] else "")
-                 + (f"; grown from {start['grown']} (new blocks start as identity maps)" if start["grown"] else ""))
+                 + (f"; grown from {start['grown']} (" + ("new blocks start as identity maps" if "blocks" in start["grown"]
+                    else "new channels start unread by the old ones") + ", same function)" if start["grown"] else ""))
     n_par = sum(p.numel() for p in task.model.parameters())
     log.info("model: %s, %d parameters", cfg["model_type"], n_par)
 
