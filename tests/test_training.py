@@ -3,6 +3,7 @@
 import copy
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -133,14 +134,15 @@ def test_parse_duration_garbage():
 
 
 # ------------------------------------------------------------------------------------ training
-def test_loss_falls_on_a_tiny_subset(tmp_path, captured):
+def test_loss_falls_on_a_tiny_subset(tmp_path, captured, caplog):
     cfg = tiny_config("jt", **{"data.limit_train": 32, "trainer.max_steps": 60, "optim.lr": 5e-3,
                                "trainer.val_every_steps": 30})
-    with warnings.catch_warnings(record=True) as seen:  # the filters in force, as a user runs it
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO):  # as a user runs it
         train_mod.train(cfg, tmp_path)
-    # Lightning's note on checkpoints of manually optimised modules (with example code) stays out
-    # of the log: last.ckpt is meant to hold the weights after the step
+    # Lightning's notes on checkpoints stay out of the log: last.ckpt is meant to hold the weights
+    # after the step (manual optimisation) and the full state (weights_only=False, said explicitly)
     assert not [w for w in seen if "manual optimization" in str(w.message)]
+    assert "weights_only" not in caplog.text
     task = captured[0]
     losses = _train_losses(tmp_path)
     assert [s for s, _ in losses] == list(range(60))

@@ -203,7 +203,7 @@ class TimedCheckpoint(Callback):
         due = bool(self.seconds) and time.monotonic() - self.last >= self.seconds
         due = bool(trainer.strategy.broadcast(due, src=0))  # every rank saves together
         if due:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
             self.last = time.monotonic()
 
 
@@ -387,7 +387,7 @@ def _train(cfg, out, stop, train_dl, val_dl, info, skipped, task=None) -> Path:
         raise
     wall = time.time() - t0
     # a collective call (it ends in a barrier): every rank must make it, only rank 0 writes
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # the full state: resumable
     if trainer.is_global_zero:
         save_model(task, out / "model.pt")
         prev_path = out / "summary.json"
