@@ -482,6 +482,20 @@ def test_init_from_jt_gives_a_ddpm_or_time_network_its_matching_parts(tiny_model
     assert noise and all(torch.equal(jt.model.state_dict()[k], exported[k]) for k in noise)
 
 
+def _assert_same_function(source, task, batch, t_norm) -> None:
+    """``task``'s model and EMA compute what ``source`` computes, on both kernels, with the given
+    time and (noise head conditioned on its own prediction) without."""
+    for module in (task.model, task.ema):
+        for kernel in ("auto", "edges"):
+            source.kernel = module.kernel = kernel
+            with torch.no_grad():
+                want, got = source(batch, t_norm), module(batch, t_norm)
+                want_own, got_own = source(batch), module(batch)
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(got_own[key], want_own[key], rtol=1e-5, atol=1e-6)
+
+
 def test_init_from_a_shallower_network_grows_it_without_changing_its_function(tiny_model_path, test_molecules):
     """A deeper PaiNN (more blocks, same width) starts from a shallower model file: the file's
     blocks are copied, the new ones are identity maps (same outputs, both kernels), and the zeroed
@@ -499,15 +513,7 @@ def test_init_from_a_shallower_network_grows_it_without_changing_its_function(ti
     assert len(deep.interactions) == n + 2
     batch = test_molecules.batch(range(4))
     t_norm = torch.tensor([0.05, 0.2, 0.5, 0.9])
-    for module in (task.model, task.ema):
-        for kernel in ("auto", "edges"):
-            source.kernel = module.kernel = kernel
-            with torch.no_grad():
-                want, got = source(batch, t_norm), module(batch, t_norm)
-                want_own, got_own = source(batch), module(batch)
-            for key in want:
-                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(got_own[P.t_pred], want_own[P.t_pred], rtol=1e-5, atol=1e-6)
+    _assert_same_function(source, task, batch, t_norm)
     # the new blocks train: their zeroed last layers get gradients from the first step
     task.model.kernel = "auto"
     task.model.zero_grad()
@@ -567,15 +573,7 @@ def test_init_from_a_narrower_network_widens_it_without_changing_its_function(ti
     assert info["grown"] == f"{f} -> {f + 8} features" and info["fresh"] == []
     batch = test_molecules.batch(range(4))
     t_norm = torch.tensor([0.05, 0.2, 0.5, 0.9])
-    for module in (task.model, task.ema):
-        for kernel in ("auto", "edges"):
-            source.kernel = module.kernel = kernel
-            with torch.no_grad():
-                want, got = source(batch, t_norm), module(batch, t_norm)
-                want_own, got_own = source(batch), module(batch)
-            for key in want:
-                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(got_own[P.eps_pred], want_own[P.eps_pred], rtol=1e-5, atol=1e-6)
+    _assert_same_function(source, task, batch, t_norm)
     wide = task.model
     wide.kernel = "auto"
     with torch.no_grad():
