@@ -14,6 +14,9 @@
 # MODEL is jt, ddpm or time: the config src/morered/models/MODEL.yaml, warm-started from the
 # shipped MODEL.pt (ddpm/time: from jt.pt when MORERED_INIT=jt). Extra `morered train` options
 # go in MORERED_TRAIN_ARGS (e.g. "--set data.batch_size=256 --set optim.lr=3e-4").
+# A GPU stage may grow the warm start wider (same function at step 0, more capacity; the paper's
+# PaiNN has 256 features): MORERED_TRAIN_ARGS="--set model.representation.n_features=256" on every
+# call (the growth happens once, at the first; the resumes need the same config).
 # Force fields (mlff, mlff_dens): the labels travel too, and a stage that changes the force cap
 # starts from scratch (a new force scale does not fit old weights): add the labels file to carry and
 #   MORERED_INIT=none MORERED_TRAIN_ARGS="--set forcefield.labels=.cache/labels/labels-681c42d9b8b9da97.npz
