@@ -239,6 +239,22 @@ def test_unknown_format_and_bad_options_exit_2(tmp_path, test_molecules, tiny_mo
     assert "--t-start" in capsys.readouterr().err
     assert _relax([inp, "-o", tmp_path / "o.xyz", "--model", tmp_path / "missing.pt"]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    # deterministic DDIM jumps cannot carry posterior noise: both asked for -> refused, nothing written
+    assert _relax([inp, "-o", tmp_path / "o.xyz", "--model", tiny_model_path, "--stochastic", "--jump", "0.3"]) == 2
+    assert "--jump" in capsys.readouterr().err and not (tmp_path / "o.xyz").exists()
+
+
+def test_stochastic_relaxation_draws_noise_from_the_seed(test_molecules, tiny_model_path):
+    """``stochastic=True`` changes an AS/JT relaxation with the default options (the adaptive phase's
+    deterministic DDIM jumps once swallowed the noise: two seeds gave identical structures)."""
+    frames = _frames(test_molecules, n=3)
+    for a in frames:
+        a.positions += np.random.default_rng(0).normal(0, 0.2, a.positions.shape)
+    a, b, c = (morered.relax(frames, tiny_model_path, stochastic=True, seed=s, max_steps=20) for s in (1, 1, 2))
+    assert all(np.array_equal(x.positions, y.positions) for x, y in zip(a, b))
+    assert max(np.abs(x.positions - z.positions).max() for x, z in zip(a, c)) > 1e-4
+    d, e = (morered.relax(frames, tiny_model_path, seed=s, max_steps=20) for s in (1, 2))
+    assert all(np.array_equal(x.positions, y.positions) for x, y in zip(d, e))
 
 
 def test_entry_point_runs_as_a_module(tmp_path, test_molecules, tiny_model_path):

@@ -36,7 +36,8 @@ def add_parser(sub):
                    "predicted step is <= this is already at equilibrium (one mean step, then stop); -1: off "
                    "(default: %(default)s)")
     p.add_argument("--t-start", type=nonneg_int, help="ddpm only: the diffusion step the inputs are at")
-    p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step")
+    p.add_argument("--stochastic", action="store_true", help="add posterior noise at every step (AS/JT: "
+                   "turns the deterministic DDIM jumps off; the final tail stays deterministic)")
     p.add_argument("--final-step", choices=["mean", "x0"], help="AS/JT on convergence: one last reverse step "
                    "(mean) or a jump to the clean structure the noise prediction implies (x0)")
     p.add_argument("--tail-t", type=int, default=None, help="AS/JT: when the adaptive phase ends, continue on "
@@ -130,7 +131,7 @@ def check_args(args, torchrun: bool = False) -> int:
                         t_eq=args.t_eq, t_start=args.t_start, final_step=args.final_step,
                         batch_size=args.batch_size or 1, max_atoms=args.max_atoms, tail_t=args.tail_t,
                         tail_steps=args.tail_steps, jump=args.jump, eq_tail_t=args.eq_tail_t,
-                        tail_scale=args.tail_scale, tail_t_max=args.tail_t_max)
+                        tail_scale=args.tail_scale, tail_t_max=args.tail_t_max, stochastic=args.stochastic)
     if torchrun and (args.shard or args.devices is not None):
         raise OptionError("under torchrun every process relaxes shard RANK/WORLD_SIZE and rank 0 merges them "
                           "into -o: leave out --shard and --devices")

@@ -92,10 +92,14 @@ def check_relax_options(*, variant: str = "jt", max_steps: int = 1000, t_conv: i
                         final_step: str | None = None, batch_size: int = 128, T: int | None = None,
                         max_atoms: int | None = None, tail_t: int | None = None, tail_steps: int | None = None,
                         jump: float | None = None, eq_tail_t: int | None = None,
-                        tail_scale: float | None = None, tail_t_max: int | None = None) -> None:
+                        tail_scale: float | None = None, tail_t_max: int | None = None,
+                        stochastic: bool = False) -> None:
     """:class:`OptionError` naming the first option out of range (before any work)."""
     if variant not in VARIANTS:
         raise OptionError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    if stochastic and variant in ("jt", "as") and jump is not None and float(jump) > 0:
+        raise OptionError("--stochastic adds DDPM's posterior noise to reverse steps; --jump replaces them by "
+                          "deterministic DDIM jumps: give one or the other (--stochastic alone turns the jumps off)")
     checks = [("batch_size", batch_size, 1), ("max_steps", max_steps, 0), ("patience", patience, 0),
               ("t_eq", t_eq, -1), ("t_conv", t_conv, 0)]
     for name, value, lo in checks:
@@ -230,7 +234,9 @@ def relax(
             many steps (0: off).
         t_eq: AS/JT return an input whose first predicted step is <= t_eq after one mean step
             (-1: off).
-        stochastic: add the posterior noise at every step (off: deterministic mean steps).
+        stochastic: add the posterior noise at every step (off: deterministic mean steps).  For
+            AS/JT this turns the adaptive DDIM jumps off (they are deterministic; giving both
+            ``stochastic`` and ``jump`` > 0 is refused); the end-of-relaxation tail stays deterministic.
         final_step: AS/JT, on convergence: ``mean`` (one last reverse step) or ``x0`` (jump to the
             clean structure implied by the last noise prediction); default: SamplerOptions'.
         tail_t, tail_steps, jump, eq_tail_t: AS/JT end-of-relaxation tail, adaptive DDIM jumps and
@@ -256,7 +262,9 @@ def relax(
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
                         t_start=t_start, final_step=final_step, batch_size=batch_size, max_atoms=max_atoms,
                         tail_t=tail_t, tail_steps=tail_steps, jump=jump, eq_tail_t=eq_tail_t,
-                        tail_scale=tail_scale, tail_t_max=tail_t_max)
+                        tail_scale=tail_scale, tail_t_max=tail_t_max, stochastic=stochastic)
+    if stochastic and variant in ("jt", "as"):
+        jump = 0.0  # the adaptive DDIM jumps are deterministic: noisy steps need DDPM's reverse step
     atoms_list = [_as_atoms(a) for a in ([structures] if single else structures)]
     lm = resolve_model(model, variant, device, time_model)
     check_relax_options(variant=variant, max_steps=max_steps, t_conv=t_conv, patience=patience, t_eq=t_eq,
