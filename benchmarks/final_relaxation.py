@@ -41,14 +41,9 @@ SETTINGS = {
 
 
 def make(args):
-    from morered.data.qm9 import load_qm9, split_ids
-    from morered.generation.generate import generate
+    from morered.generation.generate import generate, split_compositions
 
-    qm9 = load_qm9()
-    val = split_ids(qm9)["val"]
-    ids = np.random.default_rng(args.seed).choice(val, args.n, replace=False)
-    where = {int(i): k for k, i in enumerate(qm9.ids)}
-    comps = [np.asarray(qm9.molecule(where[int(i)])[1], np.int64) for i in ids]
+    ids, comps = split_compositions(args.n, args.seed, "val")
     t = time.time()
     gen = generate(comps, "jt", args.model, seed=args.seed, relax=False, progress=sys.stderr.isatty())
     frames = []

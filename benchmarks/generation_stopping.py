@@ -13,8 +13,7 @@ import time
 import numpy as np
 import torch
 
-from morered.data.qm9 import load_qm9, split_ids
-from morered.generation.generate import generate
+from morered.generation.generate import generate, split_compositions
 from morered.generation.metrics import check_molecules, summarize
 
 #: every rule spells out its restart setting: generation's default re-noises a hovering run
@@ -60,11 +59,7 @@ def main():
     elif args.rules != "all":
         rules = [rules[int(k) - 1] for k in args.rules.split(",")]
     torch.set_num_threads(1)
-    qm9 = load_qm9()
-    val = split_ids(qm9)["val"]
-    ids = np.random.default_rng(args.seed).choice(val, args.n, replace=False)
-    where = {int(i): k for k, i in enumerate(qm9.ids)}
-    comps = [np.asarray(qm9.molecule(where[int(i)])[1], np.int64) for i in ids]
+    _, comps = split_compositions(args.n, args.seed, "val")
     print(f"{args.variant} ({args.model or 'shipped'}), {args.n} validation compositions, seed {args.seed}, 1 thread")
     for name, (over, steps) in rules:
         t = time.time()

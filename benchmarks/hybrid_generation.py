@@ -24,9 +24,8 @@ import torch
 from ase import Atoms
 from ase.io import read, write
 
-from morered.data.qm9 import load_qm9, split_ids
 from morered.generation.generate import (GENERATION_MAX_STEPS, Generated, generation_options, initial_noise,
-                                         relax_generated)
+                                         relax_generated, split_compositions)
 from morered.generation.metrics import check_molecules, summarize
 from morered.sampling.api import resolve_model
 from morered.sampling.samplers import adaptive, ddpm
@@ -51,10 +50,7 @@ def main():
     ap.add_argument("--out", default=None, help="write the unrelaxed hybrid generations here (extxyz)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    qm9 = load_qm9()
-    ids = np.random.default_rng(args.seed).choice(split_ids(qm9)["val"], args.n, replace=False)
-    where = {int(i): k for k, i in enumerate(qm9.ids)}
-    comps = [np.asarray(qm9.molecule(where[int(i)])[1], np.int64) for i in ids]
+    _, comps = split_compositions(args.n, args.seed, "val")
     d, j = resolve_model(args.ddpm_model, "ddpm"), resolve_model(args.jt_model, "jt")
     T = j.schedule.T
     if not torch.equal(d.schedule.alpha_bar, j.schedule.alpha_bar):

@@ -101,15 +101,22 @@ def formula(numbers: Sequence[int]) -> str:
 def compositions_from_test(n: int, seed: int = 0) -> list[np.ndarray]:
     """Compositions of ``n`` molecules drawn with ``seed`` from the QM9 test split of the shipped
     split (the paper's protocol); without replacement while ``n`` <= the split's size."""
-    from morered.data.qm9 import load_qm9, split_ids
-
     if n < 1:
         raise OptionError(f"--from-test {n}: need at least 1 composition")
+    return split_compositions(n, seed, "test")[1]
+
+
+def split_compositions(n: int, seed: int = 0, split: str = "test") -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(QM9 ids, compositions)`` of ``n`` molecules drawn with ``seed`` from one split of the
+    shipped split file (``test`` for reported numbers, ``val`` for choosing); without replacement
+    while ``n`` <= the split's size.  The same draw for the same ``(n, seed, split)`` everywhere."""
+    from morered.data.qm9 import load_qm9, split_ids
+
     qm9 = load_qm9()
-    test = split_ids(qm9)["test"]
-    ids = np.random.default_rng(seed).choice(test, size=n, replace=n > len(test))
+    pool = split_ids(qm9)[split]
+    ids = np.random.default_rng(seed).choice(pool, size=n, replace=n > len(pool))
     where = {int(i): k for k, i in enumerate(qm9.ids)}
-    return [np.asarray(qm9.molecule(where[int(i)])[1], dtype=np.int64) for i in ids]
+    return ids, [np.asarray(qm9.molecule(where[int(i)])[1], dtype=np.int64) for i in ids]
 
 
 def compositions_from_file(path: str | Path) -> list[np.ndarray]:
