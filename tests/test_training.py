@@ -143,6 +143,13 @@ def test_loss_falls_on_a_tiny_subset(tmp_path, captured, caplog):
     # after the step (manual optimisation) and the full state (weights_only=False, said explicitly)
     assert not [w for w in seen if "manual optimization" in str(w.message)]
     assert "weights_only" not in caplog.text
+    # nor its ckpt_path=None -> "last" notes (train passes last.ckpt itself when resuming), its
+    # pytree deprecation, its cloud-logger advert, or a second copy of each note on its own handler
+    assert not [w for w in seen if "ckpt_path" in str(w.message) or "LeafSpec" in str(w.message)], \
+        [str(w.message)[:80] for w in seen]
+    assert "litlogger" not in caplog.text
+    assert "GPU available" in caplog.text  # the informative notes still reach the root logger
+    assert not [h for h in logging.getLogger("lightning").handlers if type(h) is logging.StreamHandler]
     task = captured[0]
     losses = _train_losses(tmp_path)
     assert [s for s, _ in losses] == list(range(60))

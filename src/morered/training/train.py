@@ -232,10 +232,46 @@ class _StopCallback(Callback):
             trainer.should_stop = True
 
 
-#: Lightning warns that checkpoints of manually optimised modules hold the weights *after* the
-#: step (and prints example code into every training log).  That is what ``last.ckpt`` is for
-#: here: resuming from where training stood.  Silenced by its text during ``fit``, nothing else.
-QUIET_WARNING = "Using ModelCheckpoint with manual optimization"
+#: Lightning notes that say nothing to a user of ``morered train``, silenced by their text during
+#: ``fit`` only (each is a regular expression matched at the start of the message):
+#: - checkpoints of manually optimised modules hold the weights *after* the step (with example code
+#:   in every training log): that is what ``last.ckpt`` is for here, resuming where training stood;
+#: - with an on-exception checkpoint, ``fit(ckpt_path=None)`` is turned into ``"last"`` with two
+#:   warnings ("called without a model", "no last checkpoint available"): ``train`` decides itself
+#:   and passes ``last.ckpt`` when it exists, so a fresh run has none by design;
+#: - a deprecation inside Lightning's own pytree helper (``LeafSpec``, PyTorch >= 2.9).
+QUIET_WARNINGS = (
+    "Using ModelCheckpoint with manual optimization",
+    r"`\.fit\(ckpt_path=None\)` was called without a model",
+    r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint available',
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger (printed at every ``Trainer``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def quiet_lightning_console() -> None:
+    """Each Lightning note once, and no advertisement.
+
+    The ``lightning`` umbrella package adds its own console handler to the ``lightning`` logger
+    when imported, whatever the application configured, while its ``lightning.pytorch`` part
+    leaves messages to the root logger when that has handlers.  With the root configured (the CLI
+    does, and so do most applications) every note is printed twice; here they are left to the root
+    logger, as ``lightning.pytorch`` intends.  Idempotent.
+    """
+    light = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for h in list(light.handlers):
+            if type(h) is logging.StreamHandler:
+                light.removeHandler(h)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvert) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvert())
 
 
 def build_trainer(cfg: dict, out: Path, extra_callbacks=()) -> pl.Trainer:
@@ -298,6 +334,7 @@ def train(cfg: dict, out: str | Path) -> Path:
     """
     out = Path(out)
     _check_out(out)
+    quiet_lightning_console()
     tr = cfg["trainer"]
     if tr["threads"]:
         torch.set_num_threads(int(tr["threads"]))
@@ -374,7 +411,8 @@ def _train(cfg, out, stop, train_dl, val_dl, info, skipped, task=None) -> Path:
     t0 = time.time()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=QUIET_WARNING)
+            for text in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=text)
             trainer.fit(task, train_dl, val_dl, ckpt_path=str(last) if resuming else None)
     except SystemExit:
         # Lightning ends a run stopped by SIGTERM (SIGTERMException) or a second Ctrl-C
