@@ -45,11 +45,13 @@ def make(args):
 
     ids, comps = split_compositions(args.n, args.seed, "val")
     t = time.time()
-    gen = generate(comps, "jt", args.model, seed=args.seed, relax=False, progress=sys.stderr.isatty())
+    gen = generate(comps, "jt", args.model, seed=args.seed, relax=False, progress=sys.stderr.isatty(),
+                   retries=args.retries)
     frames = []
     for i, g in zip(ids, gen):
         a = Atoms(numbers=g.numbers, positions=g.positions)
-        a.info.update(qm9_id=int(i), morered_steps=int(g.steps), seed=args.seed)
+        a.info.update(qm9_id=int(i), morered_steps=int(g.steps), morered_converged=bool(g.converged),
+                      morered_retries=int(g.retries), seed=args.seed)
         frames.append(a)
     write(args.out, frames, format="extxyz")
     print(f"{len(frames)} unrelaxed generations ({args.model or 'shipped jt'}, seed {args.seed}) -> {args.out}, "
@@ -101,6 +103,8 @@ def main():
     a.add_argument("--n", type=int, default=500)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", required=True)
+    a.add_argument("--retries", type=int, default=0, help="fresh-noise runs of unconverged runs (default 0: "
+                   "first runs only, as this file's measurements were made; generate()'s default is GENERATION_RETRIES = 2)")
     b = sub.add_parser("sweep")
     b.add_argument("file")
     b.add_argument("--settings", default="all", help="'all' or comma-separated indices (0-based) of SETTINGS")

@@ -9,7 +9,7 @@ from morered.cli.common import EXIT_OK, EXIT_SOME_FAILED, add_model_flags, posit
 
 def add_parser(sub):
     from morered.generation.generate import (GENERATION_MAX_RESTARTS, GENERATION_MAX_STEPS,
-                                             GENERATION_RESTART_PATIENCE, GENERATION_RESTART_T)
+                                             GENERATION_RESTART_PATIENCE, GENERATION_RESTART_T, GENERATION_RETRIES)
 
     p = sub.add_parser("generate", help="generate new molecules from pure noise for given compositions",
                        description="Generate molecules from pure noise: x_T ~ centred N(0, I) for each "
@@ -38,6 +38,10 @@ def add_parser(sub):
                    help="jt/as: re-noise a run whose predicted step has not reached a new minimum for N steps "
                    "to t = %d, at most %d times (default %%(default)s; 0: off, the paper's plain adaptive "
                    "schedule)" % (GENERATION_RESTART_T, GENERATION_MAX_RESTARTS))
+    p.add_argument("--retries", type=int, default=GENERATION_RETRIES, metavar="R",
+                   help="jt/as: a run the time head has not brought to convergence within --max-steps is run "
+                   "again from fresh noise, at most R times (default %(default)s; the model's own verdict, no "
+                   "validity check; 0: off); each structure carries morered_retries")
     p.add_argument("--seed", type=int, default=0, help="seed of the compositions drawn, x_T and the sampler "
                    "noise (same seed and batch size: same molecules)")
     p.add_argument("--attempts", type=int, default=1, metavar="K", help="generate a composition again from "
@@ -99,6 +103,8 @@ def run(args) -> int:
         raise OptionError("--max-steps, --batch-size and --attempts must be at least 1")
     if args.restart_patience < 0:
         raise OptionError(f"--restart-patience {args.restart_patience}: must be 0 (off) or more")
+    if args.retries < 0:
+        raise OptionError(f"--retries {args.retries}: must be 0 (off) or more")
     try:
         lm = resolve_model(args.model, args.variant, args.device, args.time_model)
     except (FileNotFoundError, ValueError) as e:
@@ -112,7 +118,7 @@ def run(args) -> int:
     t0 = time.time()
     gen = generate(comps, args.variant, lm, max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
                    device=args.device, trajectory=bool(args.trajectory), progress=not args.no_progress,
-                   max_atoms=max_atoms, relax=not args.no_relax, attempts=args.attempts,
+                   max_atoms=max_atoms, relax=not args.no_relax, attempts=args.attempts, retries=args.retries,
                    overrides=None if args.variant == "ddpm" else {"restart_patience": args.restart_patience})
     wall = time.time() - t0
     refused = [(k, g) for k, g in enumerate(gen) if g.relax_error]
@@ -135,11 +141,15 @@ def run(args) -> int:
     if args.trajectory:
         write_trajectories(args.trajectory, gen)
     relaxed = "" if args.no_relax else ", relaxed"
+    retried = ""
+    if args.variant != "ddpm" and args.retries:
+        retried = (f"; {sum(g.retries > 0 for g in gen)} of {len(gen)} run again from fresh noise (not converged "
+                   f"within --max-steps), mean steps {sum(g.steps_all for g in gen) / len(gen):.0f} per molecule")
     if args.attempts > 1:
         first = sum(g.attempts == 1 and c.valid for g, c in zip(gen, checks)) / len(gen)
         relaxed += (f", up to {args.attempts} attempts: first attempt valid {100 * first:.1f} %, "
                     f"{sum(g.attempts for g in gen)} generations")
-    print(f"{len(gen)} molecules ({args.variant}{relaxed}, seed {args.seed}): {metrics.summary()}; "
+    print(f"{len(gen)} molecules ({args.variant}{relaxed}, seed {args.seed}): {metrics.summary()}{retried}; "
           f"{len(gen) / max(wall, 1e-9):.2f} molecules/s ({wall:.1f} s) -> {args.output}")
     if failed:
         from morered.io import errors_path, write_errors
@@ -188,7 +198,7 @@ def write_generated(path, generated, checks, variant: str):
                         "morered_smiles": c.smiles, "morered_steps": int(g.steps),
                         "morered_stable": bool(c.stable), "morered_converged": bool(g.converged),
                         "morered_variant": variant, "morered_relax_steps": int(g.relax_steps),
-                        "morered_attempts": int(g.attempts)})
+                        "morered_attempts": int(g.attempts), "morered_retries": int(g.retries)})
     return write_structures(path, records, results)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from morered.generation.generate import (GENERATION_MAX_RESTARTS, GENERATION_RESTART_PATIENCE, GENERATION_RESTART_T,
-                                         compositions_from_test, formula, generate)
+                                         GENERATION_RETRIES, compositions_from_test, formula, generate)
 from morered.generation.metrics import CHECKERS, check_molecules, summarize, training_smiles
 
 #: published rows (SPEC §7 and §14): valid / valid+unique / valid+unique+novel %, and EDM's
@@ -37,7 +37,7 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
                              seed: int = 0, max_steps: int = 2000, sweep: Sequence[int] = (250, 500, 1000, 1500, 2000),
                              batch_size: int = 128, device: str = "cpu", n_plot: int = 6,
                              progress: bool = True, relax: bool = True, model=None,
-                             train_smiles: set[str] | None = None) -> dict:
+                             train_smiles: set[str] | None = None, retries: int = GENERATION_RETRIES) -> dict:
     """Generate ``n`` molecules per variant from the same ``n`` test-split compositions and seed,
     score them, and write ``summary.md`` / ``summary.json`` / ``results.csv`` / the generated
     structures (``generated_<variant>.extxyz``) and two plots to ``out``.
@@ -47,7 +47,9 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
     draws).  ``relax``: every variant gets two rows, as generated (``v``) and after the final
     relaxation (``v+relax``; the written structures are the relaxed ones).  ``model``: one model
     for every variant instead of the shipped ones; ``train_smiles``: the novelty reference
-    (default: the QM9 training split's, cached).
+    (default: the QM9 training split's, cached).  ``retries``: fresh-noise runs of unconverged
+    adaptive runs (generation's default rule); mean steps count every run (``Generated.steps_all``),
+    the sweep's snapshots are the first runs'.
     """
     import ase.io
     from ase import Atoms
@@ -61,7 +63,7 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
         keep = [m for m in sweep if m <= max_steps] if v != "ddpm" else []
         t0 = time.time()
         gen = generate(comps, v, max_steps=max_steps, batch_size=batch_size, seed=seed, device=device,
-                       progress=progress, snapshots=keep, relax=relax, model=model)
+                       progress=progress, snapshots=keep, relax=relax, model=model, retries=retries)
         wall = time.time() - t0
         nan = np.full((1, 3), np.nan)
 
@@ -69,8 +71,9 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
             cs = check_molecules([(g.numbers, p if p is not None else nan) for g, p in zip(gen, pos)])
             return cs, {k: x for k, x in summarize(cs, train).to_dict().items() if k != "checkers"}
 
-        common = {"mean_steps": float(np.mean([g.steps for g in gen])),
+        common = {"mean_steps": float(np.mean([g.steps_all for g in gen])),
                   "converged": float(np.mean([g.converged for g in gen])),
+                  "retried": float(np.mean([g.retries > 0 for g in gen])),
                   "failed": sum(g.error is not None for g in gen)}
         raw_checks, raw = score([g.unrelaxed if g.unrelaxed is not None else g.positions for g in gen])
         if relax:  # two rows from one run: as the reverse diffusion left them, and relaxed
@@ -93,7 +96,8 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
             rows.append({"variant": v, "index": k, "formula": formula(g.numbers), "valid": c.valid,
                          "valid_edm": c.valid_edm, "stable": c.stable, "smiles": c.smiles or "",
                          "valid_unrelaxed": raw_checks[k].valid, "stable_unrelaxed": raw_checks[k].stable,
-                         "steps": g.steps, "relax_steps": g.relax_steps, "converged": g.converged,
+                         "steps": g.steps, "steps_all": g.steps_all, "retries": g.retries,
+                         "relax_steps": g.relax_steps, "converged": g.converged,
                          "t_final": g.t_final, "error": g.error or g.relax_error or ""})
             if g.positions is not None:
                 a = Atoms(numbers=g.numbers, positions=g.positions)
@@ -107,7 +111,7 @@ def run_generation_benchmark(n: int, out: str | Path, *, variants: Sequence[str]
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "model": "shipped" if model is None else str(model), "checkers": CHECKERS,
             "restart": {"patience": GENERATION_RESTART_PATIENCE, "t": GENERATION_RESTART_T,
-                        "max_restarts": GENERATION_MAX_RESTARTS}}
+                        "max_restarts": GENERATION_MAX_RESTARTS}, "retries": retries}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "results": summary, "sweep": sweeps}, indent=1))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -130,6 +134,8 @@ def markdown_table(summary: dict, meta: dict) -> str:
              + (f"a hovering adaptive run re-noised to t = {meta['restart']['t']} after "
                 f"{meta['restart']['patience']} steps without a new lowest step (at most "
                 f"{meta['restart']['max_restarts']} times), " if meta.get("restart", {}).get("patience") else "")
+             + (f"a run not converged within max steps run again from fresh noise (at most {meta['retries']} "
+                "time(s); mean steps count every run), " if meta.get("retries") else "")
              + f"{meta['device']}, {meta['threads']} torch thread(s). Valid = RDKit-sanitisable and connected "
              "(EDM's bond tables); stability = EDM's; novelty against the QM9 training split. "
              "'then relaxed': the same run's structures after MoreRed's default relaxation rule "
@@ -200,6 +206,8 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-relax", action="store_true", help="score the structures as generated only")
+    p.add_argument("--retries", type=int, default=GENERATION_RETRIES, help="adaptive variants: fresh-noise runs "
+                   "of a run not converged within --max-steps (default %(default)s; 0: off)")
     p.add_argument("--model", help="model file for every variant instead of the shipped ones (e.g. a JT "
                    "checkpoint to compare with --variants jt)")
     p.add_argument("--no-progress", action="store_true")
@@ -215,11 +223,14 @@ def run_cli(args) -> int:
         raise OptionError(f"--variants: unknown {bad}; choose from ddpm, jt, as")
     if args.n < 1:
         raise OptionError(f"--n {args.n}: need at least 1")
+    if args.retries < 0:
+        raise OptionError(f"--retries {args.retries}: must be 0 (off) or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     sweep = [int(s) for s in args.sweep.split(",") if s.strip()]
     run_generation_benchmark(args.n, args.out, variants=variants, seed=args.seed, max_steps=args.max_steps,
                                  sweep=sweep, batch_size=args.batch_size, device=args.device,
-                                 progress=not args.no_progress, relax=not args.no_relax, model=args.model)
+                                 progress=not args.no_progress, relax=not args.no_relax, model=args.model,
+                                 retries=args.retries)
     print((Path(args.out) / "summary.md").read_text())
     return 0
