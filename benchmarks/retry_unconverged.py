@@ -29,7 +29,7 @@ import torch
 
 
 def first_runs(path: str, split: str, seed: int):
-    """``(numbers, valid, converged, steps)`` of the given first runs, relaxed and scored as
+    """``(numbers, valid, smiles, converged, steps)`` of the given first runs, relaxed and scored as
     ``generate`` does (an unrelaxed extxyz is relaxed here with the default rule)."""
     from morered.generation.generate import split_compositions
     from morered.generation.metrics import check_molecules
@@ -39,9 +39,10 @@ def first_runs(path: str, split: str, seed: int):
             rows = [r for r in csv.DictReader(f) if r["variant"] == "jt"]
         comps = split_compositions(len(rows), seed, split)[1]
         valid = np.array([r["valid"] == "True" for r in rows])
+        smiles = [r["smiles"] or None for r in rows]
         converged = np.array([r["converged"] == "True" for r in rows])
         steps = np.array([int(r["steps"]) for r in rows])
-        return comps, valid, converged, steps
+        return comps, valid, smiles, converged, steps
     from ase.io import read
 
     from morered.sampling.api import relax
@@ -52,10 +53,15 @@ def first_runs(path: str, split: str, seed: int):
         sys.exit(f"{path}: not the {split} draw of seed {seed}")
     res = relax(frames, None, "jt", seed=seed)
     pos = [r.positions if r.positions is not None else a.positions for r, a in zip(res, frames)]
-    valid = np.array([c.valid for c in check_molecules([(a.numbers, p) for a, p in zip(frames, pos)])])
+    checks = check_molecules([(a.numbers, p) for a, p in zip(frames, pos)])
     steps = np.array([int(a.info["morered_steps"]) for a in frames])
     converged = np.array([bool(a.info.get("morered_converged", s < 2000)) for a, s in zip(frames, steps)])
-    return comps, valid, converged, steps
+    return comps, np.array([c.valid for c in checks]), [c.smiles for c in checks], converged, steps
+
+
+def valid_unique(smiles) -> float:
+    """The paper's valid+unique: valid and first of its SMILES, over all samples."""
+    return len({s for s in smiles if s}) / len(smiles)
 
 
 def main():
@@ -71,12 +77,14 @@ def main():
     from morered.generation.generate import generate, retry_seed
     from morered.generation.metrics import check_molecules
 
-    comps, valid0, converged, steps = first_runs(args.first, args.split, args.seed)
+    comps, valid0, smiles, converged, steps = first_runs(args.first, args.split, args.seed)
     n = len(comps)
     valid, steps_all, runs = valid0.copy(), steps.astype(float), n
-    rows = [{"round": 0, "valid": float(valid.mean()), "converged": float(converged.mean()), "runs": runs,
-             "mean_steps": float(steps_all.mean()), "gained": 0, "lost": 0, "seconds": 0.0}]
-    print(f"{args.first}: {n} first runs, valid {100 * valid.mean():.1f} %, converged {100 * converged.mean():.1f} %, "
+    rows = [{"round": 0, "valid": float(valid.mean()), "valid_unique": valid_unique(smiles),
+             "converged": float(converged.mean()), "runs": runs, "mean_steps": float(steps_all.mean()), "gained": 0,
+             "lost": 0, "seconds": 0.0}]
+    print(f"{args.first}: {n} first runs, valid {100 * valid.mean():.1f} %, valid+unique "
+          f"{100 * valid_unique(smiles):.1f} %, converged {100 * converged.mean():.1f} %, "
           f"mean steps {steps_all.mean():.0f}", flush=True)
     for r in range(1, args.retries + 1):
         redo = np.flatnonzero(~converged)
@@ -87,14 +95,16 @@ def main():
         checks = check_molecules([(g.numbers, g.positions if g.positions is not None else np.full((1, 3), np.nan))
                                   for g in again])
         for k, g, c in zip(redo, again, checks):
-            valid[k], converged[k] = c.valid, g.converged
+            valid[k], smiles[k], converged[k] = c.valid, c.smiles, g.converged
             steps_all[k] += g.steps
         runs += len(redo)
         gained, lost = int((valid & ~valid0).sum()), int((~valid & valid0).sum())
         rows.append({"round": r, "redone": int(len(redo)), "valid": float(valid.mean()),
+                     "valid_unique": valid_unique(smiles),
                      "converged": float(converged.mean()), "runs": runs, "mean_steps": float(steps_all.mean()),
                      "gained": gained, "lost": lost, "seconds": time.time() - t})
-        print(f"retry {r}: {len(redo)} redone, valid {100 * valid.mean():.1f} %, converged {100 * converged.mean():.1f} %, "
+        print(f"retry {r}: {len(redo)} redone, valid {100 * valid.mean():.1f} %, valid+unique "
+              f"{100 * valid_unique(smiles):.1f} %, converged {100 * converged.mean():.1f} %, "
               f"vs first runs +{gained} / -{lost}, runs {runs} ({runs / n:.2f} per molecule), mean steps "
               f"{steps_all.mean():.0f}, {time.time() - t:.0f} s", flush=True)
     if args.json:

@@ -54,8 +54,8 @@ def add_parser(sub):
     p.add_argument("--trajectory", metavar="DIR", help="write one extxyz trajectory per molecule to DIR "
                    "(generation, then the final relaxation)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads (default: "
-                   "torch's choice, all cores; on the 2-core machine 2 threads generated 1.01 molecules/s, one "
-                   "thread 0.72 (500 compositions))")
+                   "torch's choice, all cores; on the 2-core machine 2 threads generated 0.40 molecules/s with the "
+                   "default retries, 1.01 with --retries 0 (100 compositions))")
     p.add_argument("--no-novelty", action="store_true", help="skip novelty (needs the QM9 training SMILES)")
     p.add_argument("--no-progress", action="store_true")
     add_model_flags(p)

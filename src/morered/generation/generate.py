@@ -4,7 +4,9 @@
 every reverse step, SPEC §6); ``ddpm`` runs the fixed schedule T, T-1, ..., 1 (Ho et al. 2020).
 Updates are stochastic (DDPM's sampler: the posterior noise sigma_t z at every step, none on the
 last).  Generation has its own stopping rule (:func:`generation_options`): the relaxation
-defaults (patience, t_eq) were chosen for inputs near equilibrium and are not inherited.
+defaults (patience, t_eq) were chosen for inputs near equilibrium and are not inherited.  An
+adaptive run the time head has not brought to t_conv within ``max_steps`` is run again from fresh
+noise, at most ``retries`` times (GENERATION_RETRIES; the model's verdict, no validity checker).
 
 Then, by default (``relax=True``), each generated structure is *relaxed* with MoreRed's default
 relaxation rule (:func:`morered.sampling.api.relax`): the same networks for ``jt`` / ``as``, the
@@ -202,7 +204,8 @@ class Generated:
         numbers: ``[n]`` atomic numbers.
         positions: ``[n, 3]`` Å (centred), None when the model produced non-finite values.
         steps: reverse steps taken.
-        converged: adaptive: the predicted step reached 0; ddpm: the schedule reached 0.
+        converged: adaptive: the predicted step reached t_conv (the model judged the run finished);
+            ddpm: the schedule reached 0.
         t_final: last predicted (adaptive) or scheduled (ddpm) step.
         trajectory_t: the step used at every iteration.
         trajectory: positions after every step, x_T first (when requested); with the final
