@@ -346,7 +346,8 @@ def _generate_once(numbers_list, variant, lm, *, max_steps, batch_size, seed, de
         if keep and r.error is None:  # a molecule that stopped earlier keeps its final structure
             g.snapshots = {m: snaps[k].get(m, r.positions) for m in sorted(keep)}
         out.append(g)
-    for retry in range(1, retries + 1 if variant != "ddpm" else 1):
+    # DDPM's fixed schedule always ends (converged = schedule ran out): no verdict to retry on
+    for retry in range(1, (retries if variant != "ddpm" else 0) + 1):
         redo = [k for k, g in enumerate(out) if not g.converged]
         if not redo:
             break
