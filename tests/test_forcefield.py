@@ -240,15 +240,25 @@ def test_labels_above_a_force_cap_are_left_out_and_counted(tmp_path, caplog):
                                                       "forcefield.max_force": 0}))
 
 
-def test_dense_kernel_is_the_same_function_as_the_edge_list():
+@pytest.mark.parametrize("layout", ["equal sizes", "padded group", "too large for dense"])
+def test_dense_kernel_is_the_same_function_as_the_edge_list(layout, monkeypatch):
     """Energies, forces, the DeNS noise prediction and the training gradient (forces through a
-    second backward pass) agree between the representation's dense and edge-list kernels."""
+    second backward pass) agree between the dense kernel (representation, force input and last
+    block on all pairs) and the edge list; also with a padded size group (the force input of
+    padding must not leak) and with a molecule too large for the dense kernel (edge list for the
+    last block)."""
     m, b = model(), batch()
+    if layout == "padded group":
+        m.representation.bucket_ratio = 2.0  # the 4-atom molecule padded to 5
+    if layout == "too large for dense":
+        m.representation.max_dense_atoms = 4
     fi = torch.tensor(np.random.default_rng(3).normal(size=(9, 3)))
     out = {}
     for k in ("edges", "dense"):
         m.kernel = k
         m.zero_grad()
+        if k == "dense" and layout != "too large for dense":  # all of it dense: no edge list built
+            monkeypatch.setattr("morered.forcefield.model.batch_edges", lambda *a: pytest.fail("edge list built"))
         o = m(b, create_graph=True, force_input=fi)
         (o[P.energy].sum() + (o[P.forces] ** 2).sum() + o[P.noise_pred].sum()).backward()
         out[k] = [o[P.energy], o[P.forces], o[P.noise_pred]] + [p.grad.clone() for p in m.parameters()
@@ -260,6 +270,9 @@ def test_dense_kernel_is_the_same_function_as_the_edge_list():
     assert m.kernel == "auto"
     with pytest.raises(ValueError, match="kernel must be"):
         m.kernel = "fast"
+    if layout == "too large for dense":
+        with pytest.raises(ValueError, match="dense tail needs molecules of at most 4 atoms"):
+            m.representation.forward_dense(b[P.Z], b[P.R], b[P.n_atoms], tail=lambda s, v, pairs, idx: (s, v))
 
 
 def springs(evaluate_calls=None):

@@ -33,7 +33,7 @@ from morered.data.batch import batch_edges
 from morered.nn.blocks import RADIAL, Dense, cosine_cutoff, mlp
 from morered.nn.heads import GatedEquivariantBlock
 from morered.nn.model import KernelChoice, use_dense_kernel
-from morered.nn.painn import PaiNN, PaiNNInteraction, PaiNNMixing
+from morered.nn.painn import PaiNN, PaiNNInteraction, PaiNNMixing, dense_message
 from morered.nn.widen import dense_layout, gated_layout, mlp_layout
 
 REPRESENTATIONS = {"painn": PaiNN}
@@ -56,13 +56,14 @@ class ForceInput(nn.Module):
         self.gate = nn.Sequential(Dense(n_features + 1, n_features, F.silu), Dense(n_features, n_features))
 
     def forward(self, s, v, force):
+        """``s`` [..., F], ``v`` [..., 3, F], ``force`` [..., 3] (any leading dimensions)."""
         norm = torch.linalg.vector_norm(force, dim=-1, keepdim=True)  # [n, 1], invariant
         squash = self.bound / (self.bound + norm)
         force, norm = force * squash, norm * squash
         has = (norm > 0).to(s.dtype)  # atoms without force input keep their features exactly
         s_new = s + has * self.scalar(norm)
         g = self.gate(torch.cat([s, norm], dim=-1)) * has  # [n, F]
-        v_new = v + force[:, :, None] * g[:, None, :]
+        v_new = v + force[..., :, None] * g[..., None, :]
         return s_new, v_new
 
     def channel_layouts(self, out: dict, p: str) -> None:
@@ -150,19 +151,47 @@ class ForceField(nn.Module):
 
     def features(self, Z, R, edges, force_input=None, n_atoms=None):
         """Atom features after the representation, the force input and the last message block;
-        ``n_atoms`` (atoms per molecule, on an all-pair graph) takes the representation's dense kernel."""
+        ``n_atoms`` (atoms per molecule, on an all-pair graph) takes the dense kernel for all of
+        them (:meth:`_dense_tail`; ``edges`` may then be None), unless a molecule is too large for
+        it: then the last block takes the edge list."""
+        if force_input is not None:
+            force_input = force_input.to(R.dtype) / self.scale.to(R.dtype)
+        if n_atoms is not None and int(n_atoms.max()) <= self.representation.max_dense_atoms:
+            return self.representation.forward_dense(Z, R, n_atoms, tail=self._dense_tail(force_input))
         if n_atoms is not None:
             s, v = self.representation.forward_dense(Z, R, n_atoms)
         else:
             s, v = self.representation(Z, R, edges)
         if force_input is not None:
-            s, v = self.force_input(s, v, force_input.to(R.dtype) / self.scale.to(R.dtype))
+            s, v = self.force_input(s, v, force_input)
         i, j = edges[0], edges[1]
         r_ij = R[j] - R[i]
         d_ij = torch.linalg.vector_norm(r_ij, dim=-1)
         W = self.filter_net(self.radial(d_ij)) * cosine_cutoff(d_ij, self.cutoff)[:, None]
         s, v = self.interaction(s, v, W, r_ij / d_ij.clamp_min(1e-9)[:, None], i, j)
         return self.mixing(s, v)
+
+    def _dense_tail(self, force_input):
+        """The force input and the last message block on the representation's size groups
+        (:meth:`PaiNN.forward_dense`): the same function as the edge-list path of :meth:`features`,
+        without gathering and scattering along edges (a training step ~15 % faster)."""
+        if force_input is not None:
+            force_ext = torch.cat([force_input, force_input.new_zeros(1, 3)])  # row N: padding, no force
+
+        def tail(s, v, pairs, idx):
+            if force_input is not None:
+                s, v = self.force_input(s, v, force_ext[idx])
+            B, n = idx.shape
+            rbf_c = torch.cat([self.radial(pairs.d.reshape(-1)).view(B, n, n, -1) * pairs.c, pairs.c], -1)
+            Wb = torch.cat([self.filter_net.weight.T, self.filter_net.bias[None]], 0)  # [K+1, 3F]
+            F_ = self.representation.n_features
+
+            def filters(part: int) -> torch.Tensor:
+                return rbf_c @ Wb[:, part * F_:(part + 1) * F_]
+
+            return self.mixing(*dense_message(self.interaction, s, v, pairs.dir, filters))
+
+        return tail
 
     def forward(self, batch: dict, forces: bool = True, create_graph: bool = False,
                 force_input: torch.Tensor | None = None) -> dict:
@@ -175,7 +204,8 @@ class ForceField(nn.Module):
             R = R.detach().requires_grad_(True)
         Z, idx_m = batch[P.Z], batch[P.idx_m]
         dense = use_dense_kernel(self, batch)
-        s, v = self.features(Z, R, self.edges({**batch, P.R: R}), force_input,
+        fits = dense and int(batch[P.n_atoms].max()) <= self.representation.max_dense_atoms
+        s, v = self.features(Z, R, None if fits else self.edges({**batch, P.R: R}), force_input,
                              batch[P.n_atoms] if dense else None)
         e_atom = self.energy_head(s)[:, 0] * self.scale.to(dtype) + self.element_energy[Z].to(dtype)
         n_mol = len(batch[P.n_atoms])

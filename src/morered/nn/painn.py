@@ -16,6 +16,8 @@ Two kernels compute the same function with the same weights:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -70,6 +72,42 @@ class PaiNNMixing(nn.Module):
         v = v + dv.unsqueeze(-2) * vW
         s = s + ds + dsv * (vV * vW).sum(dim=-2)
         return s, v
+
+
+class DensePairs(NamedTuple):
+    """Pair geometry of ``B`` molecules of ``n`` atoms for the dense kernel: distances ``d``
+    ``[B, n, n]`` (1 on the diagonal and padding, so no sqrt(0)), unit vectors ``dir``
+    ``[B, n, n, 3]`` from atom i to atom j, and the cosine cutoff ``c`` ``[B, n, n, 1]``, zero on the
+    diagonal and for padding atoms."""
+
+    d: torch.Tensor
+    dir: torch.Tensor
+    c: torch.Tensor
+
+
+def dense_pairs(R: torch.Tensor, cutoff: float, mask: torch.Tensor | None = None) -> DensePairs:
+    """:class:`DensePairs` of positions ``R`` ``[B, n, 3]``; ``mask`` ``[B, n]`` marks real atoms."""
+    n = R.shape[1]
+    r = R[:, None, :, :] - R[:, :, None, :]  # [B, i, j, 3] = R_j - R_i
+    off_diag = ~torch.eye(n, dtype=torch.bool, device=R.device)
+    real = off_diag if mask is None else off_diag & mask[:, :, None] & mask[:, None, :]  # [B?, n, n]
+    d2 = (r * r).sum(-1)
+    d = torch.sqrt(torch.where(real, d2, torch.ones_like(d2)))
+    return DensePairs(d, r / d[..., None], (cosine_cutoff(d, cutoff) * real.to(R.dtype))[..., None])
+
+
+def dense_message(inter: PaiNNInteraction, s, v, dir, filters, first: bool = False):
+    """:class:`PaiNNInteraction` on all pairs of ``B`` molecules: ``s`` [B, n, F], ``v`` [B, n, 3, F],
+    ``dir`` [B, n, n, 3]; ``filters(part)`` gives the filter part 0 / 1 / 2 ``[B, i, j, F]`` (with
+    the cutoff and pair mask in it).  ``first``: ``v`` is zero, the vector term is skipped.
+    Returns the updated ``(s, v)``, the same function as the edge-list block on the full graph."""
+    F_ = inter.n
+    ps, pvv, pvs = inter.phi(s).split(F_, dim=-1)  # [B, n, F] each
+    ds = (ps[:, None] * filters(0)).sum(2)  # sum over neighbours j
+    dv = torch.matmul(dir.transpose(-1, -2), pvv[:, None] * filters(1))  # [B, i, 3, F]
+    if not first:
+        dv = dv + torch.einsum("bijf,bjcf->bicf", filters(2), pvs[:, :, None, :] * v)
+    return s + ds, v + dv
 
 
 def size_buckets(n_atoms: list[int], max_pairs: int = MAX_DENSE_PAIRS,
@@ -189,7 +227,8 @@ class PaiNN(nn.Module):
             s, v = mix(s, v)
         return s, v
 
-    def _dense_block(self, Z: torch.Tensor, R: torch.Tensor, mask: torch.Tensor | None = None):
+    def _dense_block(self, Z: torch.Tensor, R: torch.Tensor, mask: torch.Tensor | None = None,
+                     tail=None, idx: torch.Tensor | None = None):
         """All-pair PaiNN on ``B`` molecules of ``n`` atoms: Z [B, n], R [B, n, 3]; ``mask`` [B, n]
         marks real atoms (padding neither sends nor receives messages; its outputs are garbage).
 
@@ -198,42 +237,39 @@ class PaiNN(nn.Module):
         ``(rbf W^T + b) c = [rbf c, c] [W^T; b]``, each filter part is its own matmul (no split of
         a pair tensor, so no concatenation in the backward pass), the direction term is a batched
         matrix product over neighbours, and the vector term contracts the filter with per-atom
-        features.
+        features (:func:`dense_message`).  ``tail(s, v, pairs, idx)`` (see :meth:`forward_dense`)
+        runs last, on the same pair geometry.
         """
         B, n = Z.shape
         F_ = self.n_features
-        r = R[:, None, :, :] - R[:, :, None, :]  # [B, i, j, 3] = R_j - R_i
-        off_diag = ~torch.eye(n, dtype=torch.bool, device=R.device)
-        pairs = off_diag if mask is None else off_diag & mask[:, :, None] & mask[:, None, :]  # [B?, n, n]
-        d2 = (r * r).sum(-1)
-        d = torch.sqrt(torch.where(pairs, d2, torch.ones_like(d2)))  # no sqrt(0) on the diagonal or padding
-        dir = r / d[..., None]  # finite everywhere; zero-weighted where c = 0
-        c = (cosine_cutoff(d, self.cutoff) * pairs.to(R.dtype))[..., None]  # [B, n, n, 1]
-        rbf_c = torch.cat([self.radial(d.reshape(-1)).view(B, n, n, -1) * c, c], -1)  # [B, n, n, K+1]
+        pairs = dense_pairs(R, self.cutoff, mask)
+        rbf_c = torch.cat([self.radial(pairs.d.reshape(-1)).view(B, n, n, -1) * pairs.c, pairs.c], -1)  # [B, n, n, K+1]
         Wb = torch.cat([self.filter_net.weight.T, self.filter_net.bias[None]], 0)  # [K+1, 3F x blocks]
         s = self.embedding(Z)  # [B, n, F]
         v = torch.zeros(B, n, 3, F_, dtype=s.dtype, device=s.device)
         for k, (inter, mix) in enumerate(zip(self.interactions, self.mixing)):
             base = 0 if self.shared_filters else 3 * F_ * k
 
-            def filters(part: int) -> torch.Tensor:  # [B, i, j, F]
+            def filters(part: int, base=base) -> torch.Tensor:  # [B, i, j, F]
                 return rbf_c @ Wb[:, base + part * F_: base + (part + 1) * F_]
 
-            ps, pvv, pvs = inter.phi(s).split(F_, dim=-1)  # [B, n, F] each
-            ds = (ps[:, None] * filters(0)).sum(2)  # sum over neighbours j
-            dv = torch.matmul(dir.transpose(-1, -2), pvv[:, None] * filters(1))  # [B, i, 3, F]
-            if k > 0:  # the first block starts from v = 0: no vector term
-                dv = dv + torch.einsum("bijf,bjcf->bicf", filters(2), pvs[:, :, None, :] * v)
-            s, v = mix(s + ds, v + dv)
+            s, v = mix(*dense_message(inter, s, v, pairs.dir, filters, first=k == 0))
+        if tail is not None:
+            s, v = tail(s, v, pairs, idx)
         return s, v
 
-    def forward_dense(self, Z: torch.Tensor, positions: torch.Tensor, n_atoms: torch.Tensor):
+    def forward_dense(self, Z: torch.Tensor, positions: torch.Tensor, n_atoms: torch.Tensor, tail=None):
         """All pairs inside each molecule (the full graph) without an edge list.
 
         Args:
             Z: ``[n_atoms]``; positions: ``[n_atoms, 3]``, the atoms of each molecule contiguous.
             n_atoms: atoms per molecule ``[n_mol]``.
             Molecules larger than ``self.max_dense_atoms`` take the edge-list kernel.
+            tail: optional ``tail(s, v, pairs, idx) -> (s, v)`` applied to every size group after
+                the blocks, on its pair geometry (:class:`DensePairs`); ``idx`` ``[B, n]`` are the
+                input rows of the group's atoms (``n_atoms.sum()`` marks padding).  With a tail
+                every molecule must fit the dense kernel (a ``ValueError`` otherwise): a caller
+                with larger molecules uses the edge list for its own layers too.
         Returns: ``(s [n_atoms, F], v [n_atoms, 3, F])`` in the input's atom order.
         """
         device = positions.device
@@ -256,11 +292,14 @@ class PaiNN(nn.Module):
             real = ar[None, :] < n_cpu[mols_t][:, None]  # [B, n]
             idx = torch.where(real, first[mols_t][:, None] + ar[None, :], torch.full_like(real, N, dtype=torch.long))
             idx, real = idx.to(device), real.to(device)
-            s, v = self._dense_block(Z_ext[idx], R_ext[idx], None if bool(real.all()) else real)
+            s, v = self._dense_block(Z_ext[idx], R_ext[idx], None if bool(real.all()) else real, tail, idx)
             s_parts.append(s[real])
             v_parts.append(v[real])
             where.append(idx[real])
         large = [m for m, n in enumerate(sizes) if n > self.max_dense_atoms]
+        if large and tail is not None:
+            raise ValueError(f"a dense tail needs molecules of at most {self.max_dense_atoms} atoms, "
+                             f"not {max(sizes)}")
         if large:
             lt = torch.tensor(large, dtype=torch.long)
             n_l = n_cpu[lt]
