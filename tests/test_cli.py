@@ -244,6 +244,19 @@ def test_unknown_format_and_bad_options_exit_2(tmp_path, test_molecules, tiny_mo
     assert "--jump" in capsys.readouterr().err and not (tmp_path / "o.xyz").exists()
 
 
+def test_a_force_field_given_as_diffusion_model_is_named_as_such(tmp_path, test_molecules, capsys):
+    """The shipped force fields (by name or file) are not diffusion models: exit 2 and say how to use them."""
+    from importlib import resources
+    inp = tmp_path / "in.xyz"
+    _write_input(inp, _frames(test_molecules, n=1))
+    mlff_file = str(resources.files("morered.models").joinpath("mlff.pt"))
+    for model in ("mlff", "mlff-dens", mlff_file):
+        assert _relax([inp, "-o", tmp_path / "o.xyz", "--model", model]) == 2
+        err = capsys.readouterr().err
+        assert "is a force field" in err and "morered.calculators.ForceField" in err, err
+    assert not (tmp_path / "o.xyz").exists()
+
+
 def test_stochastic_relaxation_draws_noise_from_the_seed(test_molecules, tiny_model_path):
     """``stochastic=True`` changes an AS/JT relaxation with the default options (the adaptive phase's
     deterministic DDIM jumps once swallowed the noise: two seeds gave identical structures)."""

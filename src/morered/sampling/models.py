@@ -16,6 +16,15 @@ from morered.nn.model import NoiseAndTime, build_model
 
 #: the shipped models by name
 PRETRAINED = {"jt": "jt.pt", "ddpm": "ddpm.pt", "time": "time.pt"}
+#: shipped force fields (not diffusion models; :class:`morered.calculators.ForceField` loads them)
+FORCEFIELDS = ("mlff", "mlff-dens")
+
+
+def _forcefield_error(what: str) -> ModelError:
+    return ModelError(f"{what} is a force field (energies and forces, trained on GFN2-xTB labels), not a "
+                      f"diffusion model: relax with it through morered.calculators.ForceField and an ASE "
+                      f"optimizer (or ForceField(...).relax(list_of_atoms)), or compare it with "
+                      f"`morered benchmark relax --methods jt,mlff`")
 
 
 @dataclass
@@ -52,6 +61,8 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
     """Load a model: a shipped name (``jt``, ``ddpm``, ``time``), an exported ``.pt`` or a
     training ``.ckpt`` (its EMA weights).  Loaded with ``weights_only=True``: no code is unpickled."""
     p = str(path_or_name)
+    if p in FORCEFIELDS and not Path(p).exists():
+        raise _forcefield_error(f"the shipped model {p!r}")
     path = pretrained_path(p) if p in PRETRAINED and not Path(p).exists() else Path(p)
     if path.is_dir():
         raise ModelError(f"model {path} is a directory, not a model file (.pt/.ckpt)")
@@ -68,6 +79,8 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> 
         ckpt = ckpt["morered"]
     if not isinstance(ckpt, dict) or ckpt.get("format") != "morered-model/1":
         raise ModelError(f"{path} is not a morered model (no 'format: morered-model/1')")
+    if ckpt.get("model_type") == "forcefield":
+        raise _forcefield_error(str(path))
     try:
         model = build_model(ckpt["model_args"])
         model.load_state_dict(ckpt["state_dict"])
