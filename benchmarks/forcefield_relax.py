@@ -9,6 +9,9 @@ The same QM9 test molecules and displaced inputs as ``morered benchmark relax --
 benchmark's own :func:`~morered.evaluation.benchmark.score`: median RMSD to the DFT geometry (Å,
 Kabsch, all atoms), failure % (RMSD ratio > 1), converged %.  For models that are not shipped
 (other seeds, later stages), so their relaxation rows compare with the committed benchmark's.
+The JSON keeps every molecule's RMSD (``rmsd``, input order), and with two or more models the
+last lines compare each model with the first on the same molecules (paired): median of the
+per-molecule RMSD differences, how often it is lower, and the Wilcoxon signed-rank p-value.
 """
 
 from __future__ import annotations
@@ -54,14 +57,36 @@ def main():
                    "failure_pct": float(100 * np.mean([s["failure"] for s in sc])),
                    "converged_pct": float(100 * np.mean([r.converged for r in res])),
                    "errors": sum(r.error is not None for r in res),
-                   "structures_per_s": len(ok) / wall, "threads": args.threads}
+                   "structures_per_s": len(ok) / wall, "threads": args.threads,
+                   "ids": [int(k) for k in ok], "rmsd": [float(s["rmsd"]) for s in sc]}
             table.append(row)
             print(f"{path}\t{kind}\tn={row['n']}\tRMSD {row['median_rmsd']:.3f} Å\tfail {row['failure_pct']:.0f} %"
                   f"\tconverged {row['converged_pct']:.0f} %\terrors {row['errors']}"
                   f"\t{row['structures_per_s']:.2f} structures/s ({args.threads} thread)", flush=True)
+    for row in paired(table):
+        print(row)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=1)
+
+
+def paired(table: list[dict]) -> list[str]:
+    """Each model against the first, per kind, on the molecules both relaxed (paired)."""
+    from scipy.stats import wilcoxon
+
+    lines = []
+    for kind in dict.fromkeys(r["kind"] for r in table):
+        rows = [r for r in table if r["kind"] == kind]
+        base = dict(zip(rows[0]["ids"], rows[0]["rmsd"]))
+        for r in rows[1:]:
+            mine = dict(zip(r["ids"], r["rmsd"]))
+            common = sorted(set(base) & set(mine))
+            d = np.array([mine[k] - base[k] for k in common])
+            p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+            lines.append(f"paired, {kind}: {r['model']} - {rows[0]['model']}: median difference "
+                         f"{np.median(d):+.4f} Å, lower on {np.mean(d < 0) * 100:.0f} % of {len(d)} molecules, "
+                         f"Wilcoxon p = {p:.3g}")
+    return lines
 
 
 if __name__ == "__main__":
