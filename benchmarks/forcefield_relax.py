@@ -23,7 +23,9 @@ import time
 import numpy as np
 import torch
 
+from morered.evaluation.baselines import relax_xtb
 from morered.evaluation.benchmark import score
+from morered.evaluation.rmsd import kabsch_rmsd
 from morered.evaluation.inputs import make_inputs, qm9_references
 from morered.forcefield.calculator import ForceField
 
@@ -38,6 +40,9 @@ def main():
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--xtb", action="store_true",
+                   help="also relax every input with GFN2-xTB (the labels' method, same optimizer settings) and "
+                        "score each model by the RMSD of its minimum to GFN2-xTB's from the same input")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     refs = qm9_references(args.n, args.seed)
@@ -45,6 +50,14 @@ def main():
     for kind in args.kinds.split(","):
         inp = make_inputs(kind, refs, seed=args.seed, cache=True)
         ok = [k for k in range(len(refs)) if inp.positions[k] is not None]
+        xtb_min = None
+        if args.xtb:  # the minimum a force field trained on GFN2-xTB labels should find
+            t0 = time.perf_counter()
+            xr = [relax_xtb(inp.numbers[k], inp.positions[k], max_steps=args.max_steps, fmax=args.fmax) for k in ok]
+            xtb_min = [r.positions for r in xr]
+            sc = [score(inp.numbers[k], inp.positions[k], refs.positions[k], x) for k, x in zip(ok, xtb_min)]
+            print(f"GFN2-xTB\t{kind}\tRMSD {np.median([s['rmsd'] for s in sc]):.3f} Å\t"
+                  f"fail {100 * np.mean([s['failure'] for s in sc]):.0f} %\t{time.perf_counter() - t0:.0f} s", flush=True)
         for path in args.models:
             calc = ForceField(path, dtype=torch.float32)
             t0 = time.perf_counter()
@@ -59,6 +72,12 @@ def main():
                    "errors": sum(r.error is not None for r in res),
                    "structures_per_s": len(ok) / wall, "threads": args.threads,
                    "ids": [int(k) for k in ok], "rmsd": [float(s["rmsd"]) for s in sc]}
+            if xtb_min is not None:
+                to_xtb = [kabsch_rmsd(r.positions, x) if r.positions is not None and x is not None else np.nan
+                          for r, x in zip(res, xtb_min)]
+                row["rmsd_to_xtb"] = [float(v) for v in to_xtb]
+                row["median_rmsd_to_xtb"] = float(np.nanmedian(to_xtb))
+                print(f"{path}\t{kind}\tmedian RMSD to the GFN2-xTB minimum {row['median_rmsd_to_xtb']:.3f} Å", flush=True)
             table.append(row)
             print(f"{path}\t{kind}\tn={row['n']}\tRMSD {row['median_rmsd']:.3f} Å\tfail {row['failure_pct']:.0f} %"
                   f"\tconverged {row['converged_pct']:.0f} %\terrors {row['errors']}"
@@ -71,21 +90,25 @@ def main():
 
 
 def paired(table: list[dict]) -> list[str]:
-    """Each model against the first, per kind, on the molecules both relaxed (paired)."""
+    """Each model against the first, per kind, on the molecules both relaxed (paired), by RMSD to the
+    DFT geometry (and to the GFN2-xTB minimum when measured)."""
     from scipy.stats import wilcoxon
 
     lines = []
     for kind in dict.fromkeys(r["kind"] for r in table):
         rows = [r for r in table if r["kind"] == kind]
-        base = dict(zip(rows[0]["ids"], rows[0]["rmsd"]))
-        for r in rows[1:]:
-            mine = dict(zip(r["ids"], r["rmsd"]))
-            common = sorted(set(base) & set(mine))
-            d = np.array([mine[k] - base[k] for k in common])
-            p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
-            lines.append(f"paired, {kind}: {r['model']} - {rows[0]['model']}: median difference "
-                         f"{np.median(d):+.4f} Å, lower on {np.mean(d < 0) * 100:.0f} % of {len(d)} molecules, "
-                         f"Wilcoxon p = {p:.3g}")
+        for field, what in (("rmsd", "RMSD to DFT"), ("rmsd_to_xtb", "RMSD to the GFN2-xTB minimum")):
+            if field not in rows[0]:
+                continue
+            base = dict(zip(rows[0]["ids"], rows[0][field]))
+            for r in rows[1:]:
+                mine = dict(zip(r["ids"], r[field]))
+                common = [k for k in sorted(set(base) & set(mine)) if np.isfinite(base[k]) and np.isfinite(mine[k])]
+                d = np.array([mine[k] - base[k] for k in common])
+                p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+                lines.append(f"paired {what}, {kind}: {r['model']} - {rows[0]['model']}: median difference "
+                             f"{np.median(d):+.4f} Å, lower on {np.mean(d < 0) * 100:.0f} % of {len(d)} molecules, "
+                             f"Wilcoxon p = {p:.3g}")
     return lines
 
 
