@@ -24,6 +24,12 @@
 # (labels: `morered label --n-train 10000 --n-val 300 --n-test 200 --n-normal-mode 300 --threads 1`),
 #   carry=[".cache/labels/labels-681c42d9b8b9da97.npz", ".whl", "runs/gpu"] (~50 MB); checked on the
 #   CPU with the dry run below (MORERED_INIT=none, mlff, 40 s: 33 steps, best.pt written).
+# To continue the capped line instead (plain stage 10: 33,443 steps, 128 features; forcefield README), warm-start
+#   from the handed-on weights with the stage settings (the cap and scale stay those of the file):
+#   MORERED_INIT=benchmarks/results/forcefield/weights/ff10_wide128_s0_33443.pt  (DeNS: mlff_dens, weights/ff*_dens_*)
+#   MORERED_TRAIN_ARGS="--set forcefield.labels=.cache/labels/labels-681c42d9b8b9da97.npz --set forcefield.max_force=50
+#     --set forcefield.weights.energy=20 --set model.representation.n_features=128 --set optim.lr=3e-4 ..."  (1e-4 ends level: stage-10 A/B)
+#   (the targets need ~1-2 million steps of batch 32: benchmarks/forcefield_scaling.py).
 # A dry run on the CPU: PYTHON=.venv/bin/python MORERED_ACCELERATOR=cpu OUT=/tmp/gpu_out bash scripts/gpu_stage.sh jt 30
 # Data: the QM9 cache (35 MB) and the soft-mode draws (18 MB) travel in .cache, so the device needs
 # no qm9pack, no RDKit work and no network (carry is limited to 64 MiB in all).
