@@ -402,3 +402,31 @@ def test_shipped_force_fields_load_and_relax(name):
     (out,) = calc.relax([(z, x0)], fmax=0.01, max_steps=300)
     _, (f,) = calc.evaluate([(z, out.positions)])
     assert out.error is None and np.linalg.norm(f, axis=1).max() < min(0.05, np.linalg.norm(f0, axis=1).max())
+
+
+def _benchmark_script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_relaxation_comparison_splits_by_input_force():
+    """forcefield_relax.paired: per-molecule differences against the first model, on all inputs and
+    separately on the inputs above / at or below the force cap (a NaN force is in neither subset)."""
+    paired = _benchmark_script("forcefield_relax").paired
+    base = {"kind": "k", "model": "a", "ids": [0, 1, 2, 3, 4], "rmsd": [0.1, 0.2, 0.3, 0.4, 0.5],
+            "input_max_force": [10.0, 60.0, 70.0, 20.0, float("nan")]}
+    other = {"kind": "k", "model": "b", "ids": [0, 1, 2, 3, 4], "rmsd": [0.3, 0.1, 0.2, 0.6, 0.5]}
+    lines = paired([base, other], cap=50.0)
+    assert len(lines) == 3
+    assert "k: b - a" in lines[0] and "of 5 molecules" in lines[0]
+    above = next(x for x in lines if "above 50" in x)
+    below = next(x for x in lines if "at or below 50" in x)
+    assert "median difference -0.1000" in above and "lower on 100 % of 2" in above
+    assert "median difference +0.2000" in below and "lower on 0 % of 2" in below
+    assert len(paired([base, other])) == 1  # no cap: no split
