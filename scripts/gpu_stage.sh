@@ -24,9 +24,9 @@
 # (labels: `morered label --n-train 10000 --n-val 300 --n-test 200 --n-normal-mode 300 --threads 1`),
 #   carry=[".cache/labels/labels-681c42d9b8b9da97.npz", ".whl", "runs/gpu"] (~50 MB); checked on the
 #   CPU with the dry run below (MORERED_INIT=none, mlff, 40 s: 33 steps, best.pt written).
-# To continue the capped line instead (plain stage 11: 35,943 steps, 128 features; forcefield README), warm-start
+# To continue the capped line instead (plain stage 12: 38,443 steps, 128 features; forcefield README), warm-start
 #   from the handed-on weights with the stage settings (the cap and scale stay those of the file):
-#   MORERED_INIT=benchmarks/results/forcefield/weights/ff11_wide128_s0_35943.pt  (DeNS: mlff_dens, weights/ff*_dens_*)
+#   MORERED_INIT=benchmarks/results/forcefield/weights/ff12_wide128_s0_38443.pt  (DeNS: mlff_dens, weights/ff*_dens_*)
 #   MORERED_TRAIN_ARGS="--set forcefield.labels=.cache/labels/labels-681c42d9b8b9da97.npz --set forcefield.max_force=50
 #     --set forcefield.weights.energy=20 --set model.representation.n_features=128 --set optim.lr=3e-4 ..."  (1e-4 ends level: stage-10 A/B)
 #   (the targets need ~1-2 million steps of batch 32: benchmarks/forcefield_scaling.py).
