@@ -63,6 +63,9 @@ def main():
             input_force = [input_max_force(inp.numbers[k], inp.positions[k]) for k in ok]
             print(f"inputs\t{kind}\tlargest GFN2-xTB atomic force: median {np.nanmedian(input_force):.1f} eV/Å, "
                   f"{np.sum(np.array(input_force) > args.cap)} of {len(ok)} above {args.cap:g}", flush=True)
+            for k, f in zip(ok, input_force):
+                if not np.isfinite(f):
+                    print(f"inputs\t{kind}\tmolecule {k}: GFN2-xTB failed on the input, left out of the split", flush=True)
             t0 = time.perf_counter()
             xr = [relax_xtb(inp.numbers[k], inp.positions[k], max_steps=args.max_steps, fmax=args.fmax) for k in ok]
             xtb_min = [r.positions for r in xr]
