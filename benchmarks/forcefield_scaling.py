@@ -3,7 +3,7 @@
     python benchmarks/forcefield_scaling.py [--line plain|dens] [--dir benchmarks/results/forcefield] [--from-steps 18943]
         [--steps-per-s 1.0] [--plot scaling.png] [--json scaling.json]
 
-Reads the committed error files of the seed-0 line (``--line plain`` or ``dens``; stages 2-12 (DeNS 2-11): the
+Reads the committed error files of the seed-0 line (``--line plain`` or ``dens``; stages 2-12: the
 same labels, the same 50 eV/Å cap, batch 32, warm-started stage after stage; ``LINES`` below), takes the capped test row
 (``max|F|<=50``: force MAE kcal/mol/Å per component, energy MAE kcal/mol), fits a power law
 ``MAE = a * steps^b`` on log-log axes over the stages from ``--from-steps`` on (the late, slower
@@ -50,6 +50,7 @@ LINES = {
         (30943, "errors_stage9_s0_dens_wide128.json", "weights/ff9_dens_wide128_s0_30943.pt", "stage 9 (+3,000, 128)"),
         (33443, "errors_stage10_11_s0.json", "../../../runs/ff10_dens_wide128_s0/best.pt", "stage 10 (+2,500, 128)"),
         (35943, "errors_stage11_12_s0.json", "../../../runs/ff11_dens_wide128_s0/best.pt", "stage 11 (+2,500, 128)"),
+        (38443, "errors_stage12_s0_dens.json", "../../../runs/ff12_dens_wide128_s0/best.pt", "stage 12 (+2,500, 128)"),
     ],
 }
 
