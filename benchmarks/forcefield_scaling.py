@@ -1,4 +1,4 @@
-"""How fast the plain force field's test errors fall with training steps, and what the targets cost.
+"""How fast a force-field line's test errors fall with training steps (plain or DeNS), and what the targets cost.
 
     python benchmarks/forcefield_scaling.py [--line plain|dens] [--dir benchmarks/results/forcefield] [--from-steps 18943]
         [--steps-per-s 1.0] [--plot scaling.png] [--json scaling.json]
